@@ -1,0 +1,354 @@
+//! Command-line flags exactly as the user typed them (clap derive), kept apart from the
+//! validated settings the commands run on: `resolve` methods turn these into library configs,
+//! filling defaults from METHOD.md and rejecting bad values with the flag's name.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig};
+use ensembed::eval::knn::{KnnConfig, Vote};
+
+/// Learn one nearest-neighbour representation per image from an ensemble of pretrained backbones.
+#[derive(Parser, Debug)]
+#[command(name = "ensembed", version, about, long_about = None)]
+pub struct Cli {
+    /// Worker threads (default: all cores). Outputs are byte-identical for the same seed, data
+    /// and thread count.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the whole comparison on the real CIFAR-10 features shipped with ensembed.
+    Demo(DemoArgs),
+    /// Build a feature store from numpy files (.npy, or FILE.npz:ARRAY).
+    Import(ImportArgs),
+    /// Write a store's features, a baseline, labels or learned representations to .npy.
+    Export(ExportArgs),
+    /// Fit the per-backbone MLPs and the training representations.
+    Fit(FitCmdArgs),
+    /// Learn representations of new samples through a fitted model's frozen MLPs.
+    Embed(EmbedArgs),
+    /// k-NN accuracy of one representation of a train and a test store.
+    Knn(KnnCmdArgs),
+    /// Every backbone, the average, the concatenation and ours, scored by k-NN in one table.
+    Compare(CompareArgs),
+    /// Describe a store or a model directory.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub fit: FitArgs,
+    #[command(flatten)]
+    pub knn: KnnArgs,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Output store directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// NAME=FILE: one backbone's features, [n, d] f32/f16 (.npy, or FILE.npz:ARRAY). Repeat.
+    #[arg(long = "backbone", required = true, value_name = "NAME=FILE")]
+    pub backbones: Vec<String>,
+    /// Integer class labels, [n] (.npy or FILE.npz:ARRAY).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Text file with one id per line.
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Replace an existing store.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Store to read (with --backbone, --baseline or --labels).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Model directory whose learned training representations to export.
+    #[arg(long, conflicts_with = "store")]
+    pub model: Option<PathBuf>,
+    /// Backbone to export (L2-normalised with --normalize).
+    #[arg(long, conflicts_with_all = ["baseline", "labels"])]
+    pub backbone: Option<String>,
+    /// A baseline representation.
+    #[arg(long, value_enum, conflicts_with = "labels")]
+    pub baseline: Option<BaselineKind>,
+    /// Export the labels (int64).
+    #[arg(long)]
+    pub labels: bool,
+    /// L2-normalise each row of an exported backbone.
+    #[arg(long)]
+    pub normalize: bool,
+    /// Output .npy (or .safetensors for representations).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BaselineKind {
+    Average,
+    Concat,
+}
+
+#[derive(Args, Debug)]
+pub struct FitCmdArgs {
+    /// Training feature store.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Output model directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing model directory.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub fit: FitArgs,
+}
+
+/// Training flags; each defaults to METHOD.md.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FitArgs {
+    /// Passes over the training set [default: 50].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Samples per step [default: 256].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Adam learning rate [default: 3e-4].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Learning rate of the representations [default: --lr].
+    #[arg(long)]
+    pub lr_bank: Option<f32>,
+    /// L2 weight decay of the MLPs [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Linear layers per MLP, 1..8 [default: 2].
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// Hidden width [default: the representation dimension].
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Representation dimension [default: the largest backbone width].
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// Memory-bank optimiser semantics [default: dense].
+    #[arg(long, value_enum)]
+    pub bank: Option<BankArg>,
+    /// Epochs in which only the MLPs learn [default: epochs / 2].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// ReLU after the last layer: true or false [default: true].
+    #[arg(long)]
+    pub final_relu: Option<bool>,
+    /// Initialisation of the last layer's bias [default: torch].
+    #[arg(long, value_enum)]
+    pub last_bias: Option<LastBiasArg>,
+    /// Random seed [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BankArg {
+    Dense,
+    Lazy,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LastBiasArg {
+    Torch,
+    Zero,
+}
+
+impl From<BankArg> for BankMode {
+    fn from(b: BankArg) -> Self {
+        match b {
+            BankArg::Dense => BankMode::Dense,
+            BankArg::Lazy => BankMode::Lazy,
+        }
+    }
+}
+
+impl FitArgs {
+    /// The training config: flags over METHOD.md's defaults, validated.
+    pub fn resolve(&self) -> Result<FitConfig> {
+        self.resolve_from(&FitConfig::default())
+    }
+
+    /// The training config: flags over `base`, validated.
+    pub fn resolve_from(&self, base: &FitConfig) -> Result<FitConfig> {
+        let d = base.clone();
+        let cfg = FitConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch: self.batch.unwrap_or(d.batch),
+            lr: self.lr.unwrap_or(d.lr),
+            lr_bank: self.lr_bank.or(d.lr_bank),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            depth: self.depth.unwrap_or(d.depth),
+            hidden: self.hidden.or(d.hidden),
+            dim: self.dim.or(d.dim),
+            bank: self.bank.map(Into::into).unwrap_or(d.bank),
+            warmup: self.warmup.or(d.warmup),
+            final_relu: self.final_relu.unwrap_or(d.final_relu),
+            last_bias: match self.last_bias {
+                Some(LastBiasArg::Zero) => BiasInit::Zero,
+                Some(LastBiasArg::Torch) => BiasInit::Torch,
+                None => d.last_bias,
+            },
+            seed: self.seed.unwrap_or(d.seed),
+            ..d
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Model directory written by `fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Feature store of the samples to embed (same backbones as the model's).
+    #[arg(long)]
+    pub features: PathBuf,
+    /// Output representations: .npy or .safetensors.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Optimisation epochs [default: the model's training epochs].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Learning rate [default: the model's representation learning rate].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Rows per step [default: the model's batch].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Bank semantics [default: the model's].
+    #[arg(long, value_enum)]
+    pub bank: Option<BankArg>,
+}
+
+impl EmbedArgs {
+    /// Inference settings: the model's training settings, overridden by flags.
+    pub fn resolve(&self, fit: &FitConfig) -> Result<EmbedConfig> {
+        let mut cfg = EmbedConfig::from_fit(fit);
+        if let Some(e) = self.epochs {
+            cfg.epochs = e;
+        }
+        if let Some(l) = self.lr {
+            cfg.lr = l;
+        }
+        if let Some(b) = self.batch {
+            cfg.batch = b;
+        }
+        if let Some(b) = self.bank {
+            cfg.bank = b.into();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// k-NN flags; defaults from METHOD.md.
+#[derive(Args, Debug, Clone)]
+pub struct KnnArgs {
+    /// Neighbour counts, comma-separated.
+    #[arg(long = "k", value_delimiter = ',', default_values_t = [10, 20, 100, 200])]
+    pub ks: Vec<usize>,
+    /// Temperature T of the vote weight exp(s/T).
+    #[arg(long = "t", default_value_t = 0.07)]
+    pub temperature: f32,
+    /// Vote rule.
+    #[arg(long, value_enum, default_value = "weighted")]
+    pub vote: VoteArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum VoteArg {
+    Weighted,
+    Majority,
+}
+
+impl KnnArgs {
+    /// The k-NN config; `k` beyond the training set is reported by the evaluation itself.
+    pub fn resolve(&self) -> Result<KnnConfig> {
+        if self.ks.is_empty() {
+            bail!("--k needs at least one value");
+        }
+        Ok(KnnConfig {
+            ks: self.ks.clone(),
+            temperature: self.temperature,
+            vote: match self.vote {
+                VoteArg::Weighted => Vote::Weighted,
+                VoteArg::Majority => Vote::Majority,
+            },
+            ..KnnConfig::default()
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct KnnCmdArgs {
+    /// Training store (labels, and features unless --train-repr).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test store (labels, and features unless --test-repr).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Representation to score: a backbone name, `average` or `concat` [default: every one].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Learned train representations (.npy/.safetensors, or a model directory).
+    #[arg(long, requires = "test_repr")]
+    pub train_repr: Option<PathBuf>,
+    /// Learned test representations (.npy/.safetensors from `embed`).
+    #[arg(long, requires = "train_repr")]
+    pub test_repr: Option<PathBuf>,
+    #[command(flatten)]
+    pub knn: KnnArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Training store (with labels).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test store (with labels).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Use this fitted model's MLPs instead of fitting (transfer).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub fit: FitArgs,
+    #[command(flatten)]
+    pub knn: KnnArgs,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// A store or model directory.
+    pub path: PathBuf,
+}

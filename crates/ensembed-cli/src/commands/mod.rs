@@ -1,0 +1,43 @@
+//! One file per command; each takes its parsed flags and the progress sink.
+
+mod compare;
+mod demo;
+mod embed;
+mod export;
+mod fit;
+mod import;
+mod info;
+mod knn;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ensembed::store::Store;
+
+use crate::args::Command;
+use crate::progress::Bars;
+
+pub fn run(command: Command, progress: &Bars) -> Result<()> {
+    match command {
+        Command::Demo(a) => demo::run(a, progress),
+        Command::Import(a) => import::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Fit(a) => fit::run(a, progress),
+        Command::Embed(a) => embed::run(a, progress),
+        Command::Knn(a) => knn::run(a, progress),
+        Command::Compare(a) => compare::run(a, progress),
+        Command::Info(a) => info::run(a),
+    }
+}
+
+/// Opens a store, saying which flag named it.
+fn open_store(path: &Path, flag: &str) -> Result<Store> {
+    Store::open(path).with_context(|| format!("cannot open the store given by {flag} ({})", path.display()))
+}
+
+/// A store's labels, or an error naming the flag.
+fn labels<'a>(store: &'a Store, flag: &str) -> Result<&'a [u32]> {
+    store
+        .labels()
+        .with_context(|| format!("the store given by {flag} ({}) has no labels; import it with --labels", store.root().display()))
+}

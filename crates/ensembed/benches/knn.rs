@@ -1,0 +1,79 @@
+//! How close the k-NN evaluation comes to the machine's matrix-multiply speed. Exact search is
+//! one big GEMM plus selection and voting, so the honest yardstick is a plain multi-threaded
+//! GEMM of the same size run in the same process: the ratio says how much the blocking, the
+//! top-k scan and the votes cost. Sizes come from ENSEMBED_BENCH_NT / _NQ / _D (default
+//! 20,000 train x 2,000 queries x 1,024 dims; the paper's ImageNet-scale setting is far larger);
+//! ENSEMBED_BENCH_QUERY_CHUNK / _TRAIN_CHUNK override the block sizes.
+
+use std::time::Instant;
+
+use ensembed::eval::{evaluate_knn, knn_neighbors, KnnConfig};
+use ensembed::{Matrix, NoProgress};
+use rand::{Rng, SeedableRng};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a count")))
+}
+
+/// `[rows, cols]` of random unit rows.
+fn unit_rows(rng: &mut rand_chacha::ChaCha8Rng, rows: usize, cols: usize) -> Matrix {
+    let data = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let mut m = Matrix::from_vec(rows, cols, data).unwrap();
+    m.normalize_rows();
+    m
+}
+
+fn main() {
+    let (nt, nq, d) = (env("ENSEMBED_BENCH_NT", 20_000), env("ENSEMBED_BENCH_NQ", 2_000), env("ENSEMBED_BENCH_D", 1_024));
+    let defaults = KnnConfig::default();
+    let cfg = KnnConfig {
+        query_chunk: env("ENSEMBED_BENCH_QUERY_CHUNK", defaults.query_chunk),
+        train_chunk: env("ENSEMBED_BENCH_TRAIN_CHUNK", defaults.train_chunk),
+        ..defaults
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (train, test) = (unit_rows(&mut rng, nt, d), unit_rows(&mut rng, nq, d));
+    let train_labels: Vec<u32> = (0..nt).map(|_| rng.random_range(0..1000)).collect();
+    let test_labels: Vec<u32> = (0..nq).map(|_| rng.random_range(0..1000)).collect();
+    let gflop = 2.0 * nq as f64 * nt as f64 * d as f64 / 1e9;
+    println!(
+        "k-NN bench: {nt} train x {nq} queries x {d} dims, {} threads, blocks {} x {}, ks {:?}",
+        cfg.threads, cfg.query_chunk, cfg.train_chunk, cfg.ks
+    );
+
+    // The yardstick: S = Q · Tᵀ in one call, all threads; best of two (the first warms up).
+    let mut s = vec![0f32; nq * nt]; // [nq, nt]
+    let gemm_s = (0..2)
+        .map(|_| {
+            let t = Instant::now();
+            unsafe {
+                gemm::gemm(
+                    nq, nt, d,
+                    s.as_mut_ptr(), 1, nt as isize, false,
+                    test.data.as_ptr(), 1, d as isize,
+                    train.data.as_ptr(), d as isize, 1,
+                    0.0, 1.0, false, false, false,
+                    gemm::Parallelism::Rayon(cfg.threads),
+                )
+            };
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    drop(s);
+    let gemm_rate = gflop / gemm_s;
+    println!("plain GEMM      {gemm_s:8.3} s  {gemm_rate:8.1} GFLOP/s  (the yardstick)");
+
+    let report = |what: &str, secs: f64| {
+        let rate = gflop / secs;
+        println!("{what:<15} {secs:8.3} s  {rate:8.1} GFLOP/s  {:.3} of the GEMM", rate / gemm_rate);
+    };
+    let kmax = *cfg.ks.iter().max().unwrap();
+    let t = Instant::now();
+    knn_neighbors(&train, &test, kmax, &cfg, &NoProgress).unwrap();
+    report("knn_neighbors", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let r = evaluate_knn(&train, &train_labels, &test, &test_labels, &cfg, &NoProgress).unwrap();
+    report("evaluate_knn", t.elapsed().as_secs_f64());
+    // Random labels: accuracy near chance (1/1000); printed so the work cannot be optimised away.
+    println!("top-1 at k = 20: {:.4}", r.at(20).map_or(f64::NAN, |s| s.top1));
+}

@@ -1,0 +1,185 @@
+//! The paper's comparison in one call: every single backbone, the average, the concatenation
+//! and the learned representations ("ours"), each scored by k-NN on the same test set. This is
+//! what `ensembed compare`, `ensembed demo` and the Python `compare` return.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::baseline;
+use crate::config::{EmbedConfig, FitConfig};
+use crate::embed::embed;
+use crate::error::{Error, Result};
+use crate::eval::knn::{evaluate_knn, KnnConfig, KnnReport};
+use crate::features::{backbone_matrix, FeatureSet};
+use crate::fit::{fit, EpochStats};
+use crate::model::EnsembleModel;
+use crate::progress::Progress;
+
+/// Settings of a comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareConfig {
+    pub fit: FitConfig,
+    /// Inference settings; `None` mirrors `fit`.
+    pub embed: Option<EmbedConfig>,
+    pub knn: KnnConfig,
+    /// The k of the headline column and of `knn_top1` in the JSON.
+    pub headline_k: usize,
+}
+
+impl Default for CompareConfig {
+    fn default() -> Self {
+        CompareConfig { fit: FitConfig::default(), embed: None, knn: KnnConfig::default(), headline_k: 20 }
+    }
+}
+
+/// One row of the comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodResult {
+    /// A backbone's name, `average`, `concat` or `ours`.
+    pub name: String,
+    pub dim: usize,
+    pub knn: KnnReport,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub methods: Vec<MethodResult>,
+    /// Why a baseline is missing (the average needs equal widths).
+    pub skipped: Vec<(String, String)>,
+    /// Training curve, when the model was fitted here.
+    pub fit_history: Vec<EpochStats>,
+    pub embed_history: Vec<f64>,
+    pub config: CompareConfig,
+}
+
+/// Runs the comparison. With `model`, its MLPs are used as they are (the paper's transfer
+/// setting) and the training representations are learned through them like the test ones.
+pub fn compare(
+    train: &dyn FeatureSet,
+    train_labels: &[u32],
+    test: &dyn FeatureSet,
+    test_labels: &[u32],
+    model: Option<&EnsembleModel>,
+    cfg: &CompareConfig,
+    progress: &dyn Progress,
+) -> Result<Comparison> {
+    if train.names() != test.names() || train.dims() != test.dims() {
+        return Err(Error::shape(
+            "backbones of the test set against the train set",
+            format!("{:?} {:?}", train.names(), train.dims()),
+            format!("{:?} {:?}", test.names(), test.dims()),
+        ));
+    }
+    let knn = |a: &crate::Matrix, b: &crate::Matrix| evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress);
+    let mut methods = Vec::new();
+    let mut skipped = Vec::new();
+    for (j, name) in train.names().into_iter().enumerate() {
+        let (a, b) = (backbone_matrix(train, j), backbone_matrix(test, j));
+        methods.push(MethodResult { name, dim: a.cols, knn: knn(&a, &b)? });
+    }
+    match (baseline::average(train), baseline::average(test)) {
+        (Ok(a), Ok(b)) => methods.push(MethodResult { name: "average".into(), dim: a.cols, knn: knn(&a, &b)? }),
+        (Err(e), _) | (_, Err(e)) => skipped.push(("average".into(), e.to_string())),
+    }
+    let (a, b) = (baseline::concat(train), baseline::concat(test));
+    methods.push(MethodResult { name: "concat".into(), dim: a.cols, knn: knn(&a, &b)? });
+    drop((a, b));
+
+    let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(&cfg.fit));
+    let (train_repr, fit_history, model_owned);
+    let model = match model {
+        Some(m) => {
+            train_repr = embed(m, train, &embed_cfg, progress)?.representations;
+            fit_history = Vec::new();
+            m
+        }
+        None => {
+            let out = fit(train, &cfg.fit, progress)?;
+            train_repr = out.representations;
+            fit_history = out.history;
+            model_owned = out.model;
+            &model_owned
+        }
+    };
+    let test_out = embed(model, test, &embed_cfg, progress)?;
+    let (mut a, mut b) = (train_repr, test_out.representations);
+    a.normalize_rows();
+    b.normalize_rows();
+    methods.push(MethodResult { name: "ours".into(), dim: a.cols, knn: knn(&a, &b)? });
+    Ok(Comparison { methods, skipped, fit_history, embed_history: test_out.history, config: cfg.clone() })
+}
+
+impl Comparison {
+    /// The result for `name`.
+    pub fn method(&self, name: &str) -> Option<&MethodResult> {
+        self.methods.iter().find(|m| m.name == name)
+    }
+
+    /// The JSON the CLI prints with `--json`: `knn_top1` maps every method to its weighted
+    /// top-1 accuracy at the headline k (a fraction; `null` for a skipped baseline), beside the
+    /// full per-k results and the resolved config. These key names are a stable interface.
+    pub fn to_json(&self) -> Value {
+        let k = self.config.headline_k;
+        let at = |m: &MethodResult, f: fn(&crate::eval::knn::KnnScore) -> f64| m.knn.at(k).map(f);
+        let mut top1 = serde_json::Map::new();
+        let mut top5 = serde_json::Map::new();
+        for m in &self.methods {
+            top1.insert(m.name.clone(), json!(at(m, |s| s.top1)));
+            top5.insert(m.name.clone(), json!(at(m, |s| s.top5)));
+        }
+        for (name, _) in &self.skipped {
+            top1.insert(name.clone(), Value::Null);
+            top5.insert(name.clone(), Value::Null);
+        }
+        json!({
+            "k": k,
+            "knn_top1": top1,
+            "knn_top5": top5,
+            "methods": self.methods,
+            "skipped": self.skipped.iter().map(|(n, why)| json!({"method": n, "reason": why})).collect::<Vec<_>>(),
+            "fit_history": self.fit_history,
+            "embed_history": self.embed_history,
+            "config": self.config,
+        })
+    }
+
+    /// A readable table: one row per method, top-1 and top-5 at the headline k, top-1 at every
+    /// other k, and the gap of `ours` to the best baseline.
+    pub fn table(&self) -> String {
+        let k = self.config.headline_k;
+        let ks: Vec<usize> = self.config.knn.ks.iter().copied().filter(|&x| x != k).collect();
+        let width = self.methods.iter().map(|m| m.name.len()).max().unwrap_or(6).max(8);
+        let mut s = format!("{:<width$}  {:>5}  {:>8}  {:>8}", "method", "dim", format!("top1@{k}"), format!("top5@{k}"));
+        for x in &ks {
+            s += &format!("  {:>9}", format!("top1@{x}"));
+        }
+        s.push('\n');
+        let pct = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "-".into());
+        for m in &self.methods {
+            let sc = m.knn.at(k);
+            s += &format!("{:<width$}  {:>5}  {:>8}  {:>8}", m.name, m.dim, pct(sc.map(|s| s.top1)), pct(sc.map(|s| s.top5)));
+            for &x in &ks {
+                s += &format!("  {:>9}", pct(m.knn.at(x).map(|s| s.top1)));
+            }
+            s.push('\n');
+        }
+        for (name, why) in &self.skipped {
+            s += &format!("{name:<width$}  (skipped: {why})\n");
+        }
+        let best = self
+            .methods
+            .iter()
+            .filter(|m| m.name != "ours")
+            .filter_map(|m| m.knn.at(k).map(|s| (s.top1, m.name.as_str())))
+            .fold((f64::MIN, ""), |a, b| if b.0 > a.0 { b } else { a });
+        if let Some(ours) = self.method("ours").and_then(|m| m.knn.at(k)) {
+            s += &format!(
+                "ours - best baseline ({}): {:+.2} points top-1 at k={k}\n",
+                best.1,
+                100.0 * (ours.top1 - best.0)
+            );
+        }
+        s
+    }
+}

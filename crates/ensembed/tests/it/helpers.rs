@@ -1,0 +1,50 @@
+//! Shared test helpers: deterministic random data, the shipped demo features and the optional
+//! `../shared` folder (present in CI, absent on a user's clone).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// `../shared` beside the repository when it exists. Tests that need it call this and return
+/// early (printing a visible SKIP line) when it is absent.
+pub fn shared_dir(test: &str) -> Option<PathBuf> {
+    let p = repo_root().join("../shared");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP {test}: ../shared is not present beside the repository (it is in CI)");
+        None
+    }
+}
+
+/// A deterministic RNG for test data.
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+/// `[rows, cols]` of uniform values in [-1, 1).
+pub fn random_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> ensembed::Matrix {
+    let data = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    ensembed::Matrix::from_vec(rows, cols, data).unwrap()
+}
+
+/// `[rows, cols]` of non-negative values (like post-ReLU features), each row unit-norm.
+pub fn random_features(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> ensembed::Matrix {
+    let data = (0..rows * cols).map(|_| rng.random_range(0.0f32..1.0).powi(3)).collect();
+    let mut m = ensembed::Matrix::from_vec(rows, cols, data).unwrap();
+    m.normalize_rows();
+    m
+}
+
+/// Largest absolute difference between two slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

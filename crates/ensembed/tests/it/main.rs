@@ -1,0 +1,10 @@
+//! The one integration-test binary: each module tests one stage of the pipeline against a known
+//! answer (finite differences, brute force, or numbers from a reference script kept beside the
+//! test); `helpers` holds what they share.
+
+mod helpers;
+
+mod knn;
+mod model;
+mod pipeline;
+mod store;
