@@ -3,7 +3,7 @@
 //! GEMM of the same size run in the same process: the ratio says how much the blocking, the
 //! top-k scan and the votes cost. Sizes come from ENSEMBED_BENCH_NT / _NQ / _D (default
 //! 20,000 train x 2,000 queries x 1,024 dims; the paper's ImageNet-scale setting is far larger);
-//! ENSEMBED_BENCH_QUERY_CHUNK / _TRAIN_CHUNK override the block sizes.
+//! ENSEMBED_BENCH_QUERY_CHUNK / _TRAIN_CHUNK / _THREADS override the config.
 
 use std::time::Instant;
 
@@ -12,23 +12,33 @@ use ensembed::{Matrix, NoProgress};
 use rand::{Rng, SeedableRng};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v} is not a count")))
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a count"))
+    })
 }
 
 /// `[rows, cols]` of random unit rows.
 fn unit_rows(rng: &mut rand_chacha::ChaCha8Rng, rows: usize, cols: usize) -> Matrix {
-    let data = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let data = (0..rows * cols)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     let mut m = Matrix::from_vec(rows, cols, data).unwrap();
     m.normalize_rows();
     m
 }
 
 fn main() {
-    let (nt, nq, d) = (env("ENSEMBED_BENCH_NT", 20_000), env("ENSEMBED_BENCH_NQ", 2_000), env("ENSEMBED_BENCH_D", 1_024));
+    let (nt, nq, d) = (
+        env("ENSEMBED_BENCH_NT", 20_000),
+        env("ENSEMBED_BENCH_NQ", 2_000),
+        env("ENSEMBED_BENCH_D", 1_024),
+    );
     let defaults = KnnConfig::default();
     let cfg = KnnConfig {
         query_chunk: env("ENSEMBED_BENCH_QUERY_CHUNK", defaults.query_chunk),
         train_chunk: env("ENSEMBED_BENCH_TRAIN_CHUNK", defaults.train_chunk),
+        threads: env("ENSEMBED_BENCH_THREADS", defaults.threads),
         ..defaults
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -46,6 +56,7 @@ fn main() {
     let gemm_s = (0..2)
         .map(|_| {
             let t = Instant::now();
+            #[rustfmt::skip]
             unsafe {
                 gemm::gemm(
                     nq, nt, d,
@@ -65,15 +76,29 @@ fn main() {
 
     let report = |what: &str, secs: f64| {
         let rate = gflop / secs;
-        println!("{what:<15} {secs:8.3} s  {rate:8.1} GFLOP/s  {:.3} of the GEMM", rate / gemm_rate);
+        println!(
+            "{what:<15} {secs:8.3} s  {rate:8.1} GFLOP/s  {:.3} of the GEMM",
+            rate / gemm_rate
+        );
     };
     let kmax = *cfg.ks.iter().max().unwrap();
     let t = Instant::now();
     knn_neighbors(&train, &test, kmax, &cfg, &NoProgress).unwrap();
     report("knn_neighbors", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let r = evaluate_knn(&train, &train_labels, &test, &test_labels, &cfg, &NoProgress).unwrap();
+    let r = evaluate_knn(
+        &train,
+        &train_labels,
+        &test,
+        &test_labels,
+        &cfg,
+        &NoProgress,
+    )
+    .unwrap();
     report("evaluate_knn", t.elapsed().as_secs_f64());
     // Random labels: accuracy near chance (1/1000); printed so the work cannot be optimised away.
-    println!("top-1 at k = 20: {:.4}", r.at(20).map_or(f64::NAN, |s| s.top1));
+    println!(
+        "top-1 at k = 20: {:.4}",
+        r.at(20).map_or(f64::NAN, |s| s.top1)
+    );
 }

@@ -100,7 +100,14 @@ pub fn knn_neighbors(
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     check_inputs(train, test, cfg)?;
     check_k(kmax, train.rows)?;
-    search(train, test, kmax, cfg, &pool(cfg.threads)?, progress)
+    Ok(search(
+        train,
+        test,
+        kmax,
+        cfg,
+        &pool(cfg.threads)?,
+        progress,
+    ))
 }
 
 /// Top-1 and top-5 k-NN accuracy of `test` against `train` for every k of `cfg.ks`.
@@ -122,9 +129,16 @@ pub fn evaluate_knn(
     progress: &dyn Progress,
 ) -> Result<KnnReport> {
     check_inputs(train, test, cfg)?;
-    for (what, labels, rows) in [("train", train_labels, train.rows), ("test", test_labels, test.rows)] {
+    for (what, labels, rows) in [
+        ("train", train_labels, train.rows),
+        ("test", test_labels, test.rows),
+    ] {
         if labels.len() != rows {
-            return Err(Error::shape(format!("k-NN {what} labels"), format!("{rows} (one per {what} row)"), labels.len()));
+            return Err(Error::shape(
+                format!("k-NN {what} labels"),
+                format!("{rows} (one per {what} row)"),
+                labels.len(),
+            ));
         }
     }
     if cfg.ks.is_empty() {
@@ -134,7 +148,11 @@ pub fn evaluate_knn(
         check_k(k, train.rows)?;
     }
     if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
-        return Err(Error::config("temperature", cfg.temperature, "must be a positive finite number"));
+        return Err(Error::config(
+            "temperature",
+            cfg.temperature,
+            "must be a positive finite number",
+        ));
     }
     let max_train = *train_labels.iter().max().unwrap() as usize;
     let num_classes = match cfg.num_classes {
@@ -142,7 +160,10 @@ pub fn evaluate_knn(
         Some(c) => {
             let max_test = test_labels.iter().max().map_or(0, |&m| m as usize);
             if max_train.max(max_test) >= c {
-                let msg = format!("the labels go up to {} (train) and {max_test} (test)", max_train);
+                let msg = format!(
+                    "the labels go up to {} (train) and {max_test} (test)",
+                    max_train
+                );
                 return Err(Error::config("num_classes", c, msg));
             }
             c
@@ -151,7 +172,7 @@ pub fn evaluate_knn(
 
     let pool = pool(cfg.threads)?;
     let kmax = *cfg.ks.iter().max().unwrap();
-    let (idx, sim) = search(train, test, kmax, cfg, &pool, progress)?; // [nq, kmax]
+    let (idx, sim) = search(train, test, kmax, cfg, &pool, progress); // [nq, kmax]
 
     // Votes accumulate over neighbours, so visiting the ks in increasing order scores every k
     // from one running total per query.
@@ -166,7 +187,10 @@ pub fn evaluate_knn(
                 || (vec![0f64; num_classes], zero()),
                 |(mut votes, mut hits), q| {
                     votes.fill(0.0);
-                    let (nb, s) = (&idx[q * kmax..(q + 1) * kmax], &sim[q * kmax..(q + 1) * kmax]);
+                    let (nb, s) = (
+                        &idx[q * kmax..(q + 1) * kmax],
+                        &sim[q * kmax..(q + 1) * kmax],
+                    );
                     let mut done = 0;
                     for &i in &order {
                         for n in done..cfg.ks[i] {
@@ -185,14 +209,26 @@ pub fn evaluate_knn(
             )
             .map(|(_, h)| h)
             .reduce(zero, |mut a, b| {
-                a.iter_mut().flatten().zip(b.iter().flatten()).for_each(|(a, b)| *a += b);
+                a.iter_mut()
+                    .flatten()
+                    .zip(b.iter().flatten())
+                    .for_each(|(a, b)| *a += b);
                 a
             })
     });
 
     let frac = |h: u64| h as f64 / test.rows as f64;
     Ok(KnnReport {
-        scores: cfg.ks.iter().zip(&hits).map(|(&k, h)| KnnScore { k, top1: frac(h[0]), top5: frac(h[1]) }).collect(),
+        scores: cfg
+            .ks
+            .iter()
+            .zip(&hits)
+            .map(|(&k, h)| KnnScore {
+                k,
+                top1: frac(h[0]),
+                top5: frac(h[1]),
+            })
+            .collect(),
         n_train: train.rows,
         n_test: test.rows,
         num_classes,
@@ -204,23 +240,42 @@ pub fn evaluate_knn(
 /// Position of class `y` when classes are sorted by vote total, highest first, lower index
 /// first on ties (0 = predicted). Counting beats sorting: only "is it below 5" is asked.
 fn rank(votes: &[f64], y: usize) -> usize {
-    let Some(&v) = votes.get(y) else { return usize::MAX };
-    votes[..y].iter().filter(|&&w| w >= v).count() + votes[y + 1..].iter().filter(|&&w| w > v).count()
+    let Some(&v) = votes.get(y) else {
+        return usize::MAX;
+    };
+    votes[..y].iter().filter(|&&w| w >= v).count()
+        + votes[y + 1..].iter().filter(|&&w| w > v).count()
 }
 
 fn check_inputs(train: &Matrix, test: &Matrix, cfg: &KnnConfig) -> Result<()> {
     for (what, m) in [("train", train), ("test", test)] {
         if m.rows == 0 || m.cols == 0 {
-            return Err(Error::shape(format!("k-NN {what} features"), "at least one row and one column", format!("{} x {}", m.rows, m.cols)));
+            return Err(Error::shape(
+                format!("k-NN {what} features"),
+                "at least one row and one column",
+                format!("{} x {}", m.rows, m.cols),
+            ));
         }
     }
     if test.cols != train.cols {
-        return Err(Error::shape("k-NN test features", format!("{} columns (as the train features)", train.cols), format!("{} columns", test.cols)));
+        return Err(Error::shape(
+            "k-NN test features",
+            format!("{} columns (as the train features)", train.cols),
+            format!("{} columns", test.cols),
+        ));
     }
     if train.rows > u32::MAX as usize {
-        return Err(Error::shape("k-NN train features", format!("at most {} rows", u32::MAX), train.rows));
+        return Err(Error::shape(
+            "k-NN train features",
+            format!("at most {} rows", u32::MAX),
+            train.rows,
+        ));
     }
-    for (field, v) in [("query_chunk", cfg.query_chunk), ("train_chunk", cfg.train_chunk), ("threads", cfg.threads)] {
+    for (field, v) in [
+        ("query_chunk", cfg.query_chunk),
+        ("train_chunk", cfg.train_chunk),
+        ("threads", cfg.threads),
+    ] {
         if v == 0 {
             return Err(Error::config(field, 0, "must be at least 1"));
         }
@@ -231,20 +286,29 @@ fn check_inputs(train: &Matrix, test: &Matrix, cfg: &KnnConfig) -> Result<()> {
 fn check_k(k: usize, nt: usize) -> Result<()> {
     match k {
         0 => Err(Error::config("k", 0, "must be at least 1")),
-        k if k > nt => Err(Error::config("k", k, format!("larger than the {nt} training samples"))),
+        k if k > nt => Err(Error::config(
+            "k",
+            k,
+            format!("larger than the {nt} training samples"),
+        )),
         _ => Ok(()),
     }
 }
 
 fn pool(threads: usize) -> Result<rayon::ThreadPool> {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| Error::config("threads", threads, e.to_string()))
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::config("threads", threads, e.to_string()))
 }
 
 /// Per-worker buffers, allocated once per worker rather than per block.
 struct Scratch {
-    s: Vec<f32>,          // [query_chunk, train_chunk] similarities of one block
-    top: Vec<(f32, u32)>, // [query_chunk, kmax] running best (similarity, train index)
-    len: Vec<usize>,      // [query_chunk] valid entries of each running list
+    qt: Vec<f32>,          // [d, query_chunk] the query block, transposed
+    st: Vec<f32>,          // [train_chunk, query_chunk] similarities of one block, train-major
+    cand: Vec<(f32, u32)>, // [query_chunk, 2 * kmax] (similarity, train index) candidates
+    len: Vec<usize>,       // [query_chunk] candidates held per query
+    thr: Vec<f32>,         // [query_chunk] similarity a candidate must beat; NaN at first
 }
 
 /// [`knn_neighbors`] after validation, in `pool`.
@@ -258,104 +322,162 @@ fn search(
     cfg: &KnnConfig,
     pool: &rayon::ThreadPool,
     progress: &dyn Progress,
-) -> Result<(Vec<u32>, Vec<f32>)> {
+) -> (Vec<u32>, Vec<f32>) {
     let (nq, d, qc, tc) = (test.rows, test.cols, cfg.query_chunk, cfg.train_chunk);
     let mut idx = vec![0u32; nq * kmax]; // [nq, kmax]
     let mut sim = vec![0f32; nq * kmax]; // [nq, kmax]
     progress.start("k-NN", nq as u64);
     pool.install(|| {
-        idx.par_chunks_mut(qc * kmax).zip(sim.par_chunks_mut(qc * kmax)).enumerate().for_each_init(
-            || Scratch { s: vec![0.0; qc * tc], top: vec![(0.0, 0); qc * kmax], len: vec![0; qc] },
-            |scr, (c, (idx, sim))| {
-                let rows = idx.len() / kmax;
-                search_block(train, &test.data[c * qc * d..(c * qc + rows) * d], rows, tc, scr, kmax);
-                for ((i, s), t) in idx.iter_mut().zip(sim.iter_mut()).zip(&scr.top) {
-                    (*s, *i) = *t;
-                }
-                progress.advance(rows as u64);
-            },
-        )
+        idx.par_chunks_mut(qc * kmax)
+            .zip(sim.par_chunks_mut(qc * kmax))
+            .enumerate()
+            .for_each_init(
+                || Scratch {
+                    qt: vec![0.0; d * qc],
+                    st: vec![0.0; tc * qc],
+                    cand: vec![(0.0, 0); qc * 2 * kmax],
+                    len: vec![0; qc],
+                    thr: vec![0.0; qc],
+                },
+                |scr, (c, (idx, sim))| {
+                    let rows = idx.len() / kmax;
+                    search_block(
+                        train,
+                        &test.data[c * qc * d..(c * qc + rows) * d],
+                        rows,
+                        tc,
+                        scr,
+                        kmax,
+                    );
+                    for (r, (idx, sim)) in idx
+                        .chunks_exact_mut(kmax)
+                        .zip(sim.chunks_exact_mut(kmax))
+                        .enumerate()
+                    {
+                        let cand = &mut scr.cand[r * 2 * kmax..][..scr.len[r]];
+                        let best = keep_best(cand, kmax);
+                        best.sort_unstable_by(order);
+                        for ((i, s), &(v, j)) in idx.iter_mut().zip(sim.iter_mut()).zip(&*best) {
+                            (*i, *s) = (j, v);
+                        }
+                    }
+                    progress.advance(rows as u64);
+                },
+            )
     });
     progress.finish();
-    Ok((idx, sim))
+    (idx, sim)
 }
 
-/// The `kmax` best train rows for one block of queries, streaming the train set in blocks of
-/// `tc` rows through one similarity buffer.
+/// Streams the train set in blocks of `tc` rows past one block of queries, collecting for each
+/// query a superset of its `kmax` most similar train rows.
 ///
 /// # Shapes
-/// `train` [nt, d], `q` [rows, d]; leaves `scr.top[..rows * kmax]` as [rows, kmax].
+/// `train` [nt, d], `q` [rows, d]; leaves candidates `scr.cand[r * 2 * kmax..][..scr.len[r]]`.
 fn search_block(train: &Matrix, q: &[f32], rows: usize, tc: usize, scr: &mut Scratch, kmax: usize) {
     let (nt, d) = (train.rows, train.cols);
+    // gemm packs a row-major left operand element by element (a third of the time with small
+    // query blocks); transposed once here it is read as is.
+    let qt = &mut scr.qt[..d * rows]; // [d, rows]
+    for (i, qrow) in q.chunks_exact(d).enumerate() {
+        qrow.iter()
+            .enumerate()
+            .for_each(|(k, &v)| qt[k * rows + i] = v);
+    }
     scr.len[..rows].fill(0);
+    scr.thr[..rows].fill(f32::NAN);
     for t0 in (0..nt).step_by(tc) {
         let cols = tc.min(nt - t0);
         let t = &train.data[t0 * d..(t0 + cols) * d]; // [cols, d]
-        let s = &mut scr.s[..rows * cols]; // [rows, cols]
-        // S = Q · Tᵀ, reading T transposed through its strides. Single-threaded: the parallelism
-        // is over query blocks, which keeps every similarity independent of the thread count.
+        let st = &mut scr.st[..cols * rows]; // [cols, rows]: S = Q · Tᵀ stored column-major
+                                             // Single-threaded: the parallelism is over query blocks, which keeps every similarity
+                                             // independent of the thread count.
+        #[rustfmt::skip]
         unsafe {
             gemm::gemm(
                 rows, cols, d,
-                s.as_mut_ptr(), 1, cols as isize, false,
-                q.as_ptr(), 1, d as isize,
+                st.as_mut_ptr(), rows as isize, 1, false,
+                qt.as_ptr(), rows as isize, 1,
                 t.as_ptr(), d as isize, 1,
                 0.0, 1.0, false, false, false,
                 gemm::Parallelism::None,
             )
         };
-        for (r, row) in s.chunks_exact(cols).enumerate() {
-            merge(&mut scr.top[r * kmax..(r + 1) * kmax], &mut scr.len[r], row, t0 as u32);
+        for (j, col) in st.chunks_exact(rows).enumerate() {
+            offer(
+                col,
+                (t0 + j) as u32,
+                &mut scr.thr[..rows],
+                &mut scr.cand,
+                &mut scr.len,
+                kmax,
+            );
         }
     }
 }
 
-/// Merges the similarities `s` of train rows `t0..` into a running best list.
+/// Offers train row `j`, with similarities `col` to the block's queries, to their candidate
+/// lists. A list takes anything above its threshold by appending it; when it reaches `2 kmax`
+/// it keeps its best `kmax` and the threshold rises to the worst of those. This costs O(1) per
+/// candidate, where a sorted list or a heap would pay a search on each of the roughly
+/// kmax (1 + ln(nt / kmax)) candidates a query sees.
 ///
 /// # Shapes
-/// `top` [kmax] sorted best first, its first `*len` entries valid; `s` [cols].
+/// `col` [rows], `thr` [rows], `cand` [rows, 2 kmax], `len` [rows].
 #[inline]
-fn merge(top: &mut [(f32, u32)], len: &mut usize, s: &[f32], t0: u32) {
-    let kmax = top.len();
-    let fill = (kmax - *len).min(s.len());
-    for (j, &v) in s[..fill].iter().enumerate() {
-        insert(top, len, v, t0 + j as u32);
-    }
-    if fill == s.len() {
-        return;
-    }
-    // The list is full from here on. Train indices only grow, so a candidate equal to the
-    // current worst loses the tie: strict `>`.
-    let mut thr = top[kmax - 1].0;
-    let mut scan = |b: &[f32], j0: u32| {
-        // Once the list has warmed up almost no block holds a candidate; this branch-free test
-        // vectorises, and keeps the scan a small fraction of the GEMM.
-        if b.iter().fold(false, |hit, &v| hit | (v > thr)) {
-            for (j, &v) in b.iter().enumerate() {
-                if v > thr {
-                    insert(top, len, v, j0 + j as u32);
-                    thr = top[kmax - 1].0;
+fn offer(
+    col: &[f32],
+    j: u32,
+    thr: &mut [f32],
+    cand: &mut [(f32, u32)],
+    len: &mut [usize],
+    kmax: usize,
+) {
+    // `!(v <= t)`: every value passes a NaN threshold. Train indices only grow, so a candidate
+    // equal to the threshold loses the tie. Once the lists have warmed up few queries take a
+    // given train row; a branch-free test of 16 queries at a time vectorises and keeps the scan
+    // a small fraction of the GEMM.
+    for (c, (vs, ts)) in col.chunks(16).zip(thr.chunks_mut(16)).enumerate() {
+        if !vs
+            .iter()
+            .zip(&*ts)
+            .fold(false, |hit, (&v, &t)| hit | !(v <= t))
+        {
+            continue;
+        }
+        for (i, (&v, t)) in vs.iter().zip(ts).enumerate().map(|(i, x)| (c * 16 + i, x)) {
+            if !(v <= *t) {
+                let (cand, len) = (&mut cand[i * 2 * kmax..(i + 1) * 2 * kmax], &mut len[i]);
+                // A NaN similarity (non-finite input) ranks last, so the list still fills;
+                // `+ 0.0` turns -0 into +0, which `order` would otherwise rank below it.
+                cand[*len] = (
+                    if v.is_nan() {
+                        f32::NEG_INFINITY
+                    } else {
+                        v + 0.0
+                    },
+                    j,
+                );
+                *len += 1;
+                if *len == 2 * kmax {
+                    *t = keep_best(cand, kmax)[kmax - 1].0;
+                    *len = kmax;
                 }
             }
         }
-    };
-    let rest = &s[fill..];
-    let base = t0 + fill as u32;
-    let blocks = rest.chunks_exact(16);
-    let tail = blocks.remainder();
-    for (b, blk) in blocks.enumerate() {
-        scan(blk, base + 16 * b as u32);
     }
-    scan(tail, base + (rest.len() - tail.len()) as u32);
 }
 
-/// Inserts `(v, j)` into the sorted list after every entry at least as similar (those have
-/// lower train indices), dropping the last entry when the list is full.
-#[inline]
-fn insert(top: &mut [(f32, u32)], len: &mut usize, v: f32, j: u32) {
-    let pos = top[..*len].partition_point(|&(t, _)| t >= v);
-    let end = (*len + 1).min(top.len());
-    top.copy_within(pos..end - 1, pos + 1);
-    top[pos] = (v, j);
-    *len = end;
+/// Best first: higher similarity, then lower train index.
+fn order(a: &(f32, u32), b: &(f32, u32)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+/// Moves the `kmax` best of `cand` to its front (unordered but for the worst of them, last)
+/// and returns them.
+fn keep_best(cand: &mut [(f32, u32)], kmax: usize) -> &mut [(f32, u32)] {
+    if cand.len() > kmax {
+        cand.select_nth_unstable_by(kmax - 1, order);
+    }
+    &mut cand[..kmax]
 }

@@ -5,5 +5,5 @@
 mod activation;
 mod matmul;
 
-pub use activation::{bias_act_forward, relu_backward_bias};
+pub use activation::{bias_act_forward, relu_backward_bias, transpose};
 pub use matmul::{matmul, Layout};

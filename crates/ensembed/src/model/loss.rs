@@ -33,6 +33,40 @@ pub fn cosine_loss_grad(o: &[f32], z: &[f32], d: usize, scale: f32, grad: &mut [
     total
 }
 
+/// [`cosine_loss_grad`] for feature-major buffers: sample `i` is column `i`. The three dot
+/// products accumulate row by row into per-column f64 sums, so the loops run along contiguous
+/// memory and vectorise across the batch.
+///
+/// # Shapes
+/// `o`, `z`, `grad`: `[d, b]`.
+pub fn cosine_loss_grad_cols(o: &[f32], z: &[f32], b: usize, scale: f32, grad: &mut [f32]) -> f64 {
+    let (mut oz, mut oo, mut zz) = (vec![0.0f64; b], vec![0.0f64; b], vec![0.0f64; b]);
+    for (orow, zrow) in o.chunks_exact(b).zip(z.chunks_exact(b)) {
+        for i in 0..b {
+            let (a, c) = (orow[i] as f64, zrow[i] as f64);
+            oz[i] += a * c;
+            oo[i] += a * a;
+            zz[i] += c * c;
+        }
+    }
+    let mut total = 0.0;
+    let (mut cz, mut co) = (vec![0.0f32; b], vec![0.0f32; b]);
+    for i in 0..b {
+        let no = oo[i].sqrt().max(COS_EPS);
+        let nz = zz[i].sqrt().max(COS_EPS);
+        let cos = oz[i] / (no * nz);
+        total += 1.0 - cos;
+        cz[i] = (-(scale as f64) / (no * nz)) as f32;
+        co[i] = if oo[i].sqrt() > COS_EPS { (scale as f64 * cos / (no * no)) as f32 } else { 0.0 };
+    }
+    for ((grow, orow), zrow) in grad.chunks_exact_mut(b).zip(o.chunks_exact(b)).zip(z.chunks_exact(b)) {
+        for i in 0..b {
+            grow[i] = cz[i] * zrow[i] + co[i] * orow[i];
+        }
+    }
+    total
+}
+
 /// Mean cosine similarity of paired rows (the paper's "recovery" diagnostic).
 ///
 /// # Shapes

@@ -4,7 +4,7 @@
 //! measured 1.2-3x slower on this shape (see the README); the gradients are proven by
 //! finite-difference tests instead.
 
-use crate::kernels::{bias_act_forward, matmul, relu_backward_bias, Layout};
+use crate::kernels::{bias_act_forward, matmul, relu_backward_bias, transpose, Layout};
 
 /// A linear layer in PyTorch's layout: `y = x · Wᵀ + b`.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,9 +38,9 @@ pub struct MlpGrads {
 pub struct Tape {
     capacity: usize,
     rows: usize,
-    /// Post-activation output of each layer. `[capacity, fan_out_l]`
+    /// Post-activation output of each layer, feature-major. `[fan_out_l, capacity]`
     acts: Vec<Vec<f32>>,
-    /// Ping-pong gradient buffers. `[capacity, max width]`
+    /// Ping-pong gradient buffers, feature-major. `[max width, capacity]`
     grad: [Vec<f32>; 2],
 }
 
@@ -83,44 +83,50 @@ impl Mlp {
         }
     }
 
-    /// Runs the MLP on `x`, keeping the activations on `tape` for [`Mlp::backward`].
+    /// Runs the MLP on the feature-major batch `xt`, keeping the activations on `tape` for
+    /// [`Mlp::backward`].
     ///
     /// # Shapes
-    /// `x`: `[b, input_dim]`; returns `[b, output_dim]`.
-    pub fn forward<'t>(&self, x: &[f32], b: usize, tape: &'t mut Tape, threads: usize) -> &'t [f32] {
+    /// `xt`: `[input_dim, b]`; returns `[output_dim, b]`.
+    pub fn forward<'t>(&self, xt: &[f32], b: usize, tape: &'t mut Tape, threads: usize) -> &'t [f32] {
         assert!(b <= tape.capacity, "batch {b} exceeds tape capacity {}", tape.capacity);
         tape.rows = b;
         for (l, layer) in self.layers.iter().enumerate() {
             let (before, after) = tape.acts.split_at_mut(l);
-            let input: &[f32] = if l == 0 { x } else { &before[l - 1][..b * layer.fan_in] };
-            let y = &mut after[0][..b * layer.fan_out];
-            // [b, out] = [b, in] · [out, in]ᵀ
-            matmul(y, input, Layout::N, &layer.weight, Layout::T, b, layer.fan_out, layer.fan_in, false, threads);
+            let input: &[f32] = if l == 0 { xt } else { &before[l - 1][..layer.fan_in * b] };
+            let y = &mut after[0][..layer.fan_out * b];
+            // [out, b] = [out, in] · [in, b]
+            matmul(y, &layer.weight, Layout::N, input, Layout::N, layer.fan_out, b, layer.fan_in, false, threads);
             bias_act_forward(y, &layer.bias, self.relu_at(l));
         }
-        &tape.acts[self.layers.len() - 1][..b * self.output_dim()]
+        self.output(tape)
     }
 
-    /// The last forward's output (`[b, output_dim]`) beside the buffer into which the caller
+    /// The last forward's output. `[output_dim, b]`
+    pub fn output<'t>(&self, tape: &'t Tape) -> &'t [f32] {
+        &tape.acts[self.layers.len() - 1][..self.output_dim() * tape.rows]
+    }
+
+    /// The last forward's output (`[output_dim, b]`) beside the buffer into which the caller
     /// writes d loss / d output before [`Mlp::backward`] (same shape).
     pub fn output_and_grad<'t>(&self, tape: &'t mut Tape) -> (&'t [f32], &'t mut [f32]) {
         let n = tape.rows * self.output_dim();
         (&tape.acts[self.layers.len() - 1][..n], &mut tape.grad[0][..n])
     }
 
-    /// Back-propagates the gradient in [`Mlp::output_grad`] through the last forward on `x`.
-    /// Writes parameter gradients into `grads` when given (overwriting), and the input gradient
-    /// into `dx` when given (adding to it when `accumulate_dx`, so that several MLPs can sum
-    /// their contributions to one representation). The output gradient buffer is consumed.
+    /// Back-propagates the gradient in [`Mlp::output_and_grad`] through the last forward on
+    /// `xt`. Writes parameter gradients into `grads` when given (overwriting), and the input
+    /// gradient into `dxt` when given (adding to it when `accumulate_dx`, so that several MLPs
+    /// can sum their contributions to one representation). The output gradient is consumed.
     ///
     /// # Shapes
-    /// `x`, `dx`: `[b, input_dim]`.
+    /// `xt`, `dxt`: `[input_dim, b]`.
     pub fn backward(
         &self,
-        x: &[f32],
+        xt: &[f32],
         tape: &mut Tape,
         mut grads: Option<&mut MlpGrads>,
-        dx: Option<&mut [f32]>,
+        dxt: Option<&mut [f32]>,
         accumulate_dx: bool,
         threads: usize,
     ) {
@@ -132,7 +138,7 @@ impl Mlp {
             let layer = &self.layers[l];
             let [g0, g1] = &mut tape.grad;
             let (dcur, dnext) = if cur == 0 { (g0, g1) } else { (g1, g0) };
-            let dz = &mut dcur[..b * layer.fan_out];
+            let dz = &mut dcur[..layer.fan_out * b];
             let db: &mut [f32] = match grads.as_deref_mut() {
                 Some(g) => &mut g.bias[l],
                 None => {
@@ -140,19 +146,19 @@ impl Mlp {
                     &mut bias_scratch
                 }
             };
-            relu_backward_bias(dz, &tape.acts[l][..b * layer.fan_out], self.relu_at(l), db);
-            let input: &[f32] = if l == 0 { x } else { &tape.acts[l - 1][..b * layer.fan_in] };
+            relu_backward_bias(dz, &tape.acts[l][..layer.fan_out * b], self.relu_at(l), db);
+            let input: &[f32] = if l == 0 { xt } else { &tape.acts[l - 1][..layer.fan_in * b] };
             if let Some(g) = grads.as_deref_mut() {
-                // dW [out, in] = dzᵀ [out, b] · input [b, in]
-                matmul(&mut g.weight[l], dz, Layout::T, input, Layout::N, layer.fan_out, layer.fan_in, b, false, threads);
+                // dW [out, in] = dz [out, b] · inputᵀ [b, in]
+                matmul(&mut g.weight[l], dz, Layout::N, input, Layout::T, layer.fan_out, layer.fan_in, b, false, threads);
             }
             if l > 0 {
-                // d input [b, in] = dz [b, out] · W [out, in]
-                let dprev = &mut dnext[..b * layer.fan_in];
-                matmul(dprev, dz, Layout::N, &layer.weight, Layout::N, b, layer.fan_in, layer.fan_out, false, threads);
+                // d input [in, b] = Wᵀ [in, out] · dz [out, b]
+                let dprev = &mut dnext[..layer.fan_in * b];
+                matmul(dprev, &layer.weight, Layout::T, dz, Layout::N, layer.fan_in, b, layer.fan_out, false, threads);
                 cur ^= 1;
-            } else if let Some(dx) = dx {
-                matmul(dx, dz, Layout::N, &layer.weight, Layout::N, b, layer.fan_in, layer.fan_out, accumulate_dx, threads);
+            } else if let Some(dxt) = dxt {
+                matmul(dxt, &layer.weight, Layout::T, dz, Layout::N, layer.fan_in, b, layer.fan_out, accumulate_dx, threads);
                 break;
             }
         }
@@ -169,16 +175,18 @@ impl Mlp {
     /// Runs the MLP on many rows in chunks, without keeping a tape (for diagnostics).
     ///
     /// # Shapes
-    /// `x`: `[n, input_dim]`; returns `[n, output_dim]`.
+    /// `x`: `[n, input_dim]` (sample-major); returns `[n, output_dim]`.
     pub fn apply(&self, x: &[f32], n: usize, threads: usize) -> Vec<f32> {
         let chunk = 1024.min(n.max(1));
         let mut tape = self.tape(chunk);
-        let d_in = self.input_dim();
-        let d_out = self.output_dim();
+        let (d_in, d_out) = (self.input_dim(), self.output_dim());
+        let mut xt = vec![0.0; chunk * d_in];
         let mut out = vec![0.0; n * d_out];
         for (xs, ys) in x.chunks(chunk * d_in).zip(out.chunks_mut(chunk * d_out)) {
             let rows = xs.len() / d_in;
-            ys.copy_from_slice(self.forward(xs, rows, &mut tape, threads));
+            transpose(xs, rows, d_in, &mut xt[..rows * d_in]);
+            let yt = self.forward(&xt[..rows * d_in], rows, &mut tape, threads);
+            transpose(yt, d_out, rows, ys);
         }
         out
     }

@@ -8,7 +8,8 @@ use ensembed::fit::fit;
 use ensembed::model::adam::{Adam, AdamParams};
 use ensembed::model::bank::Bank;
 use ensembed::model::init::init_mlp;
-use ensembed::model::loss::cosine_loss_grad;
+use ensembed::kernels::transpose;
+use ensembed::model::loss::{cosine_loss_grad, cosine_loss_grad_cols};
 use ensembed::model::mlp::Mlp;
 use ensembed::model::EnsembleModel;
 use ensembed::objective::Workspace;
@@ -60,13 +61,18 @@ fn check_gradients(depth: usize, final_relu: bool, last_bias: BiasInit, seed: u6
     let z = random_features(&mut r, b, dout);
     let scale = 0.37f32;
 
+    // The MLP works feature-major: transpose the sample-major test data in and out.
+    let (mut xt, mut zt, mut dxt) = (vec![0.0; b * d], vec![0.0; b * dout], vec![0.0; b * d]);
+    transpose(&x.data, b, d, &mut xt);
+    transpose(&z.data, b, dout, &mut zt);
     let mut tape = mlp.tape(b);
     let mut grads = mlp.zero_grads();
-    let mut dx = vec![0.0; b * d];
-    mlp.forward(&x.data, b, &mut tape, 1);
+    mlp.forward(&xt, b, &mut tape, 1);
     let (out, g) = mlp.output_and_grad(&mut tape);
-    cosine_loss_grad(out, &z.data, dout, scale, g);
-    mlp.backward(&x.data, &mut tape, Some(&mut grads), Some(&mut dx), false, 1);
+    cosine_loss_grad_cols(out, &zt, b, scale, g);
+    mlp.backward(&xt, &mut tape, Some(&mut grads), Some(&mut dxt), false, 1);
+    let mut dx = vec![0.0; b * d];
+    transpose(&dxt, d, b, &mut dx);
 
     let (w, bb) = params_f64(&mlp);
     let x64: Vec<f64> = x.data.iter().map(|&v| v as f64).collect();
@@ -110,6 +116,24 @@ fn mlp_and_cosine_loss_gradients_match_finite_differences() {
             check_gradients(depth, final_relu, BiasInit::Torch, 10 + depth as u64);
         }
     }
+}
+
+#[test]
+fn feature_major_cosine_loss_equals_the_sample_major_one() {
+    let mut r = rng(9);
+    let (b, d) = (13, 21);
+    let o = random_matrix(&mut r, b, d);
+    let mut z = random_features(&mut r, b, d);
+    z.row_mut(3).fill(0.0); // a zero target exercises the clamp
+    let mut g = vec![0.0; b * d];
+    let want = cosine_loss_grad(&o.data, &z.data, d, 0.5, &mut g);
+    let (mut ot, mut zt, mut gt, mut g2) = (vec![0.0; b * d], vec![0.0; b * d], vec![0.0; b * d], vec![0.0; b * d]);
+    transpose(&o.data, b, d, &mut ot);
+    transpose(&z.data, b, d, &mut zt);
+    let got = cosine_loss_grad_cols(&ot, &zt, b, 0.5, &mut gt);
+    transpose(&gt, d, b, &mut g2);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert!(max_abs_diff(&g, &g2) < 1e-7);
 }
 
 #[test]
