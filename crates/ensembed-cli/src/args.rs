@@ -130,13 +130,13 @@ pub struct FitArgs {
     #[arg(long)]
     pub batch: Option<usize>,
     /// Adam learning rate [default: 3e-4].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Learning rate of the representations [default: --lr].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr_bank: Option<f32>,
     /// L2 weight decay of the MLPs [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub weight_decay: Option<f32>,
     /// Linear layers per MLP, 1..8 [default: 2].
     #[arg(long)]
@@ -234,7 +234,7 @@ pub struct EmbedArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Learning rate [default: the model's representation learning rate].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f32>,
     /// Rows per step [default: the model's batch].
     #[arg(long)]
@@ -272,7 +272,7 @@ pub struct KnnArgs {
     #[arg(long = "k", value_delimiter = ',', default_values_t = [10, 20, 100, 200])]
     pub ks: Vec<usize>,
     /// Temperature T of the vote weight exp(s/T).
-    #[arg(long = "t", default_value_t = 0.07)]
+    #[arg(long = "t", default_value_t = 0.07, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Vote rule.
     #[arg(long, value_enum, default_value = "weighted")]

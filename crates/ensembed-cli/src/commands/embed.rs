@@ -1,6 +1,6 @@
 //! `ensembed embed`: representations of new samples through a fitted model.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ensembed::artifact::{load_model_dir, write_representations};
 use ensembed::embed::embed;
 
@@ -13,7 +13,9 @@ pub fn run(a: EmbedArgs, progress: &Bars) -> Result<()> {
     let cfg = a.resolve(&record.config)?;
     let store = open_store(&a.features, "--features")?;
     store.validate_values()?;
-    let out = embed(&model, &store, &cfg, progress)?;
+    let out = embed(&model, &store, &cfg, progress).with_context(|| {
+        format!("cannot embed the store {} with the model {}", a.features.display(), a.model.display())
+    })?;
     write_representations(&a.out, &out.representations)?;
     let last = out.history.last().copied().unwrap_or(f64::NAN);
     eprintln!(

@@ -71,7 +71,8 @@ pub struct EnsembleModel {
     pub projection: Option<Projection>,
 }
 
-const FORMAT: &str = "ensembed-model";
+/// The safetensors metadata key that marks an ensembed model and carries its spec.
+const META_KEY: &str = "ensembed-model-spec";
 
 impl EnsembleModel {
     /// Freshly initialised MLPs (PyTorch's `nn.Linear` init from the seeded stream of each MLP).
@@ -131,10 +132,9 @@ impl EnsembleModel {
                 Ok((name.clone(), view))
             })
             .collect::<Result<Vec<_>>>()?;
-        let meta = HashMap::from([
-            ("format".to_string(), FORMAT.to_string()),
-            ("spec".to_string(), serde_json::to_string(&self.spec).expect("spec serialises")),
-        ]);
+        // One metadata key: safetensors writes metadata from a HashMap, whose order varies
+        // from run to run, and the same model must give the same bytes.
+        let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&self.spec).expect("spec serialises"))]);
         let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::format(path, "tensors", e.to_string()))?;
         fsio::write_atomic(path, &bytes)
     }
@@ -145,13 +145,13 @@ impl EnsembleModel {
         let bytes = fsio::read(path)?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(path, "header", e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(Error::format(path, "__metadata__.format", format!("expected \"{FORMAT}\", found {:?}", meta.get("format"))));
-        }
-        let spec_json = meta.get("spec").ok_or_else(|| Error::format(path, "__metadata__.spec", "missing"))?;
-        let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| Error::format(path, "__metadata__.spec", e.to_string()))?;
+        let field = format!("__metadata__.{META_KEY}");
+        let spec_json = meta
+            .get(META_KEY)
+            .ok_or_else(|| Error::format(path, field.as_str(), "missing: not a model written by ensembed"))?;
+        let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| Error::format(path, field.as_str(), e.to_string()))?;
         if spec.backbones.is_empty() || !(1..=8).contains(&spec.depth) || spec.dim == 0 || spec.hidden == 0 {
-            return Err(Error::format(path, "__metadata__.spec", format!("invalid spec {spec_json}")));
+            return Err(Error::format(path, field.as_str(), format!("invalid spec {spec_json}")));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "tensors", e.to_string()))?;
         let read = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
