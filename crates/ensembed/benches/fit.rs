@@ -2,7 +2,9 @@
 //! same run (the machines are shared and noisy, so only ratios within one run mean anything).
 //!
 //! `cargo bench -p ensembed --bench fit` — shape via ENSEMBED_BENCH_{N,D,M,B} (default: the
-//! paper's d = 2048, m = 4, batch 256, with n = 2048 rows).
+//! paper's d = 2048, m = 4, batch 256, with n = 2048 rows). When python3 with numpy is on the
+//! PATH, the same training step written in numpy (`bench/reference_fit.py`) runs in the same
+//! process tree and the ratio is printed; ENSEMBED_BENCH_REFERENCE=0 skips it.
 
 use std::time::Instant;
 
@@ -35,6 +37,42 @@ fn gemm_gflops(m: usize, n: usize, k: usize, threads: usize, reps: usize) -> f64
     2.0 * (m * n * k) as f64 / best / 1e9
 }
 
+/// Seconds per training step of ensembed (lazy bank, bank learning) on the given shape.
+fn ensembed_step_seconds(feats: &InMemory, b: usize) -> f64 {
+    let cfg = FitConfig { epochs: 1, batch: b, warmup: Some(0), bank: BankMode::Lazy, ..Default::default() };
+    let t = Instant::now();
+    fit(feats, &cfg, &NoProgress).unwrap();
+    t.elapsed().as_secs_f64() / feats_len(feats).div_ceil(b) as f64
+}
+
+fn feats_len(f: &InMemory) -> usize {
+    ensembed::FeatureSet::len(f)
+}
+
+/// Runs the numpy reference and prints its step time against ensembed's, measured back to back.
+fn reference(n: usize, d: usize, m: usize, b: usize, threads: usize) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/reference_fit.py");
+    let out = std::process::Command::new("python3")
+        .args([script, "--d", &d.to_string(), "--m", &m.to_string(), "--batch", &b.to_string(), "--n", &n.to_string()])
+        .env_remove("OPENBLAS_CORETYPE")
+        .env_remove("OPENBLAS_L2_SIZE")
+        .env("OPENBLAS_NUM_THREADS", threads.to_string())
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else {
+        println!("reference: python3 with numpy not available, skipped");
+        return;
+    };
+    let line = String::from_utf8_lossy(&out.stdout);
+    let Some(secs) = line.split("\"step_seconds\": ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.trim().parse::<f64>().ok()) else {
+        println!("reference: unreadable output {line}");
+        return;
+    };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let feats = InMemory::unnamed((0..m).map(|_| features(&mut rng, n, d)).collect()).unwrap();
+    let ours = ensembed_step_seconds(&feats, b);
+    println!("numpy reference step {:.3} s, ensembed step {:.3} s: ensembed is {:.2}x faster", secs, ours, secs / ours);
+}
+
 fn main() {
     let (n, d, m, b) = (env("ENSEMBED_BENCH_N", 2048), env("ENSEMBED_BENCH_D", 2048), env("ENSEMBED_BENCH_M", 4), env("ENSEMBED_BENCH_B", 256));
     let threads = rayon::current_num_threads();
@@ -64,6 +102,9 @@ fn main() {
             2.0 * n as f64 / secs,
             gf / peak_square
         );
+    }
+    if std::env::var("ENSEMBED_BENCH_REFERENCE").as_deref() != Ok("0") {
+        reference(n, d, m, b, threads);
     }
     let model = fit(&feats, &FitConfig { epochs: 1, batch: b, ..Default::default() }, &NoProgress).unwrap().model;
     for bank in [BankMode::Dense, BankMode::Lazy] {
