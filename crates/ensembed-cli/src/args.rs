@@ -116,6 +116,10 @@ pub struct FitCmdArgs {
     /// Replace an existing model directory.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue an interrupted fit from its checkpoint (`.OUT.ckpt` beside OUT); the result is
+    /// byte-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub fit: FitArgs,
 }

@@ -17,6 +17,7 @@
 
 pub mod artifact;
 pub mod baseline;
+pub mod checkpoint;
 pub mod compare;
 pub mod config;
 pub mod embed;

@@ -360,3 +360,56 @@ fn fit_rejects_a_negative_learning_rate() {
     assert_clean_failure(&result, &["`lr`", "-1", "must be finite and > 0"]);
     assert_no_output(&m);
 }
+
+// ---- crash safety ----------------------------------------------------------------------------
+
+#[test]
+fn fit_killed_at_any_moment_and_resumed_is_byte_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = import_split(dir.path(), "train", train());
+    let args = |out: &Path, resume: bool| {
+        let mut a = vec!["--quiet".to_string(), "--threads".into(), "2".into(), "fit".into(), "--train".into(), p(&s)];
+        a.extend(["--out".into(), p(out), "--epochs".into(), "6".into()]);
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    let files = ["model.safetensors", "train_repr.safetensors", "fit.json"];
+    let reference = dir.path().join("reference");
+    ok(&args(&reference, false)[1..]);
+    let want = files.map(|f| std::fs::read(reference.join(f)).unwrap());
+    // SIGKILL at several moments: during start-up, mid-epoch, between epochs (the exact epoch
+    // varies with the machine's speed, which is the point), then resume; twice in a row for
+    // the last one.
+    for (i, kills) in [vec![150u64], vec![900], vec![1700], vec![600, 600]].into_iter().enumerate() {
+        let out = dir.path().join(format!("m{i}"));
+        for (k, ms) in kills.iter().enumerate() {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ensembed"))
+                .args(args(&out, k > 0))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        ok(&args(&out, true)[1..]);
+        for (f, w) in files.iter().zip(&want) {
+            assert!(&std::fs::read(out.join(f)).unwrap() == w, "{f} differs after kills at {kills:?} ms and --resume");
+        }
+        assert!(!dir.path().join(format!(".m{i}.ckpt")).exists(), "the checkpoint is removed after success");
+        assert_no_output_temps(&out);
+    }
+}
+
+/// No temporary directories of `out` (model or checkpoint) are left beside it.
+fn assert_no_output_temps(out: &Path) {
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with(&format!(".{name}")))
+        .collect();
+    assert!(left.is_empty(), "left beside {}: {left:?}", out.display());
+}

@@ -69,6 +69,17 @@ impl Adam {
         self.t
     }
 
+    /// The first and second moments and the step count (for checkpoints).
+    pub fn parts(&self) -> (&[f32], &[f32], u64) {
+        (&self.m, &self.v, self.t)
+    }
+
+    /// State restored from [`Adam::parts`].
+    pub fn from_parts(m: Vec<f32>, v: Vec<f32>, t: u64) -> Self {
+        assert_eq!(m.len(), v.len());
+        Adam { m, v, t }
+    }
+
     /// One step on `p` with gradient `g`.
     ///
     /// # Shapes

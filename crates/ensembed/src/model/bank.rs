@@ -111,6 +111,32 @@ impl Bank {
         }
     }
 
+    /// Optimiser state for checkpoints: moments, global step count (dense) and per-row step
+    /// counts (lazy).
+    pub fn parts(&self) -> (&[f32], &[f32], u64, &[u32]) {
+        (&self.m, &self.v, self.t, &self.row_steps)
+    }
+
+    /// A bank restored from [`Bank::parts`].
+    pub fn from_parts(repr: Matrix, m: Vec<f32>, v: Vec<f32>, t: u64, row_steps: Vec<u32>, mode: BankMode) -> Self {
+        let mut bank = Bank::new(repr, mode);
+        assert_eq!(m.len(), bank.m.len());
+        assert_eq!(v.len(), bank.v.len());
+        bank.m = m;
+        bank.v = v;
+        bank.t = t;
+        if mode == BankMode::Lazy {
+            assert_eq!(row_steps.len(), bank.row_steps.len());
+            bank.row_steps = row_steps;
+        }
+        bank
+    }
+
+    /// The bank's semantics.
+    pub fn mode(&self) -> BankMode {
+        self.mode
+    }
+
     /// The learned representations.
     pub fn into_repr(self) -> Matrix {
         self.repr

@@ -395,3 +395,44 @@ fn settings_out_of_range_are_named() {
         assert!(err.contains(&format!("`{field}`")), "{err}");
     }
 }
+
+#[test]
+fn a_fit_resumed_from_any_checkpoint_is_byte_identical() {
+    use ensembed::checkpoint::{load_checkpoint, save_checkpoint};
+    use ensembed::fit::{fit_from, FitState};
+    let mut r = rng(8);
+    let feats = InMemory::unnamed(vec![random_features(&mut r, 70, 12), random_features(&mut r, 70, 9)]).unwrap();
+    for bank in [BankMode::Dense, BankMode::Lazy] {
+        let cfg = FitConfig { epochs: 5, batch: 16, bank, lr: 1e-3, ..Default::default() };
+        let straight = fit(&feats, &cfg, &NoProgress).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for stop in 0..cfg.epochs {
+            let ckpt = dir.path().join(format!("ckpt{stop}"));
+            // Run until `stop` epochs are done, checkpointing each, then "crash".
+            let mut first = FitState::new(&feats, &cfg).unwrap();
+            if stop > 0 {
+                let mut done = 0;
+                let err = fit_from(&feats, &cfg, first, &NoProgress, &mut |s| {
+                    save_checkpoint(&ckpt, s, &cfg)?;
+                    done += 1;
+                    if done == stop {
+                        Err(ensembed::Error::config("test", stop, "simulated crash"))
+                    } else {
+                        Ok(())
+                    }
+                });
+                assert!(err.is_err());
+                first = load_checkpoint(&ckpt, &cfg, &feats).unwrap();
+                assert_eq!(first.epochs_done(), stop);
+            }
+            let resumed = fit_from(&feats, &cfg, first, &NoProgress, &mut |_| Ok(())).unwrap();
+            assert_eq!(resumed.model, straight.model, "{bank:?} resumed after {stop} epochs");
+            assert_eq!(resumed.representations.data, straight.representations.data);
+            assert_eq!(resumed.history, straight.history);
+        }
+        // A checkpoint made with other settings is refused, naming the setting.
+        let ckpt = dir.path().join("ckpt1");
+        let err = load_checkpoint(&ckpt, &FitConfig { lr: 5e-4, ..cfg.clone() }, &feats).err().unwrap().to_string();
+        assert!(err.contains("lr") && err.contains("state.json"), "{err}");
+    }
+}
