@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use ensembed::artifact::{load_model_dir, load_train_representations, save_model_dir};
 use ensembed::compare::{compare as lib_compare, CompareConfig};
-use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig};
+use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig, FitOverrides};
 use ensembed::embed::embed as lib_embed;
 use ensembed::eval::knn::{evaluate_knn, KnnConfig, Vote};
 use ensembed::fit::{fit as lib_fit, FitOutput};
@@ -245,25 +245,22 @@ struct FitArgs {
 
 impl FitArgs {
     fn resolve(&self, base: &FitConfig) -> PyResult<FitConfig> {
-        let d = base.clone();
-        let cfg = FitConfig {
-            epochs: self.epochs.unwrap_or(d.epochs),
-            batch: self.batch.unwrap_or(d.batch),
-            lr: self.lr.unwrap_or(d.lr),
-            lr_bank: self.lr_bank.or(d.lr_bank),
-            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            depth: self.depth.unwrap_or(d.depth),
-            hidden: self.hidden.or(d.hidden),
-            dim: self.dim.or(d.dim),
-            bank: self.bank.as_deref().map(parse_bank).transpose()?.unwrap_or(d.bank),
-            warmup: self.warmup.or(d.warmup),
-            final_relu: self.final_relu.unwrap_or(d.final_relu),
-            last_bias: self.last_bias.as_deref().map(parse_bias).transpose()?.unwrap_or(d.last_bias),
-            seed: self.seed.unwrap_or(d.seed),
-            ..d
+        let overrides = FitOverrides {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            lr_bank: self.lr_bank,
+            weight_decay: self.weight_decay,
+            depth: self.depth,
+            hidden: self.hidden,
+            dim: self.dim,
+            bank: self.bank.as_deref().map(parse_bank).transpose()?,
+            warmup: self.warmup,
+            final_relu: self.final_relu,
+            last_bias: self.last_bias.as_deref().map(parse_bias).transpose()?,
+            seed: self.seed,
         };
-        cfg.validate().map_err(py_err)?;
-        Ok(cfg)
+        overrides.apply(base).map_err(py_err)
     }
 }
 

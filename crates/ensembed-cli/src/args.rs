@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig};
+use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig, FitOverrides};
 use ensembed::eval::knn::{KnnConfig, Vote};
 
 /// Learn one nearest-neighbour representation per image from an ensemble of pretrained backbones.
@@ -197,29 +197,25 @@ impl FitArgs {
 
     /// The training config: flags over `base`, validated.
     pub fn resolve_from(&self, base: &FitConfig) -> Result<FitConfig> {
-        let d = base.clone();
-        let cfg = FitConfig {
-            epochs: self.epochs.unwrap_or(d.epochs),
-            batch: self.batch.unwrap_or(d.batch),
-            lr: self.lr.unwrap_or(d.lr),
-            lr_bank: self.lr_bank.or(d.lr_bank),
-            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
-            depth: self.depth.unwrap_or(d.depth),
-            hidden: self.hidden.or(d.hidden),
-            dim: self.dim.or(d.dim),
-            bank: self.bank.map(Into::into).unwrap_or(d.bank),
-            warmup: self.warmup.or(d.warmup),
-            final_relu: self.final_relu.unwrap_or(d.final_relu),
-            last_bias: match self.last_bias {
-                Some(LastBiasArg::Zero) => BiasInit::Zero,
-                Some(LastBiasArg::Torch) => BiasInit::Torch,
-                None => d.last_bias,
-            },
-            seed: self.seed.unwrap_or(d.seed),
-            ..d
+        let overrides = FitOverrides {
+            epochs: self.epochs,
+            batch: self.batch,
+            lr: self.lr,
+            lr_bank: self.lr_bank,
+            weight_decay: self.weight_decay,
+            depth: self.depth,
+            hidden: self.hidden,
+            dim: self.dim,
+            bank: self.bank.map(Into::into),
+            warmup: self.warmup,
+            final_relu: self.final_relu,
+            last_bias: self.last_bias.map(|b| match b {
+                LastBiasArg::Zero => BiasInit::Zero,
+                LastBiasArg::Torch => BiasInit::Torch,
+            }),
+            seed: self.seed,
         };
-        cfg.validate()?;
-        Ok(cfg)
+        Ok(overrides.apply(base)?)
     }
 }
 

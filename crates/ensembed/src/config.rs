@@ -122,6 +122,51 @@ impl FitConfig {
     }
 }
 
+/// Field-by-field changes to a [`FitConfig`]; `None` keeps the base value. The CLI's flags and
+/// the Python keyword arguments both become one of these, so "flags over defaults" and "flags
+/// over a transferred model's settings" mean the same thing everywhere.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FitOverrides {
+    pub epochs: Option<usize>,
+    pub batch: Option<usize>,
+    pub lr: Option<f32>,
+    pub lr_bank: Option<f32>,
+    pub weight_decay: Option<f32>,
+    pub depth: Option<usize>,
+    pub hidden: Option<usize>,
+    pub dim: Option<usize>,
+    pub bank: Option<BankMode>,
+    pub warmup: Option<usize>,
+    pub final_relu: Option<bool>,
+    pub last_bias: Option<BiasInit>,
+    pub seed: Option<u64>,
+}
+
+impl FitOverrides {
+    /// `base` with every given field replaced, validated.
+    pub fn apply(&self, base: &FitConfig) -> Result<FitConfig> {
+        let d = base.clone();
+        let cfg = FitConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch: self.batch.unwrap_or(d.batch),
+            lr: self.lr.unwrap_or(d.lr),
+            lr_bank: self.lr_bank.or(d.lr_bank),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            depth: self.depth.unwrap_or(d.depth),
+            hidden: self.hidden.or(d.hidden),
+            dim: self.dim.or(d.dim),
+            bank: self.bank.unwrap_or(d.bank),
+            warmup: self.warmup.or(d.warmup),
+            final_relu: self.final_relu.unwrap_or(d.final_relu),
+            last_bias: self.last_bias.unwrap_or(d.last_bias),
+            seed: self.seed.unwrap_or(d.seed),
+            ..d
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 /// Settings of `embed` (inference through frozen MLPs). Defaults: the same optimiser and number
 /// of epochs as training (METHOD.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
