@@ -40,8 +40,29 @@ pub enum Command {
     Knn(KnnCmdArgs),
     /// Every backbone, the average, the concatenation and ours, scored by k-NN in one table.
     Compare(CompareArgs),
+    /// The paper's diagnostics: recovery cosine, singular-value spectra, neighbour statistics.
+    Analyze(AnalyzeArgs),
     /// Describe a store or a model directory.
     Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// Training store.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test store.
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Fitted model directory (its training representations are used as they are).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Learned test representations from `embed` [default: embedded here with the model's settings].
+    #[arg(long)]
+    pub test_repr: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -342,6 +363,10 @@ pub struct CompareArgs {
     pub fit: FitArgs,
     #[command(flatten)]
     pub knn: KnnArgs,
+    /// Also score every method by the linear probe (logistic regression, weight decay chosen on
+    /// 10% of train held out).
+    #[arg(long)]
+    pub linear: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -10,6 +10,7 @@ use crate::config::{EmbedConfig, FitConfig};
 use crate::embed::embed;
 use crate::error::{Error, Result};
 use crate::eval::knn::{evaluate_knn, KnnConfig, KnnReport};
+use crate::eval::linear::{evaluate_linear, LinearConfig, LinearReport};
 use crate::features::{backbone_matrix, FeatureSet};
 use crate::fit::{fit, EpochStats};
 use crate::model::EnsembleModel;
@@ -24,11 +25,13 @@ pub struct CompareConfig {
     pub knn: KnnConfig,
     /// The k of the headline column and of `knn_top1` in the JSON.
     pub headline_k: usize,
+    /// Also score every method by a linear probe (appendix A.2) when set.
+    pub linear: Option<LinearConfig>,
 }
 
 impl Default for CompareConfig {
     fn default() -> Self {
-        CompareConfig { fit: FitConfig::default(), embed: None, knn: KnnConfig::default(), headline_k: 20 }
+        CompareConfig { fit: FitConfig::default(), embed: None, knn: KnnConfig::default(), headline_k: 20, linear: None }
     }
 }
 
@@ -39,6 +42,8 @@ pub struct MethodResult {
     pub name: String,
     pub dim: usize,
     pub knn: KnnReport,
+    /// Linear-probe accuracy, when asked for.
+    pub linear: Option<LinearReport>,
 }
 
 /// The whole comparison.
@@ -71,19 +76,26 @@ pub fn compare(
             format!("{:?} {:?}", test.names(), test.dims()),
         ));
     }
-    let knn = |a: &crate::Matrix, b: &crate::Matrix| evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress);
+    let score = |name: String, a: &crate::Matrix, b: &crate::Matrix| -> Result<MethodResult> {
+        let knn = evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress)?;
+        let linear = match &cfg.linear {
+            Some(l) => Some(evaluate_linear(a, train_labels, b, test_labels, l, progress)?),
+            None => None,
+        };
+        Ok(MethodResult { name, dim: a.cols, knn, linear })
+    };
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
     for (j, name) in train.names().into_iter().enumerate() {
         let (a, b) = (backbone_matrix(train, j), backbone_matrix(test, j));
-        methods.push(MethodResult { name, dim: a.cols, knn: knn(&a, &b)? });
+        methods.push(score(name, &a, &b)?);
     }
     match (baseline::average(train), baseline::average(test)) {
-        (Ok(a), Ok(b)) => methods.push(MethodResult { name: "average".into(), dim: a.cols, knn: knn(&a, &b)? }),
+        (Ok(a), Ok(b)) => methods.push(score("average".into(), &a, &b)?),
         (Err(e), _) | (_, Err(e)) => skipped.push(("average".into(), e.to_string())),
     }
     let (a, b) = (baseline::concat(train), baseline::concat(test));
-    methods.push(MethodResult { name: "concat".into(), dim: a.cols, knn: knn(&a, &b)? });
+    methods.push(score("concat".into(), &a, &b)?);
     drop((a, b));
 
     let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(&cfg.fit));
@@ -106,7 +118,7 @@ pub fn compare(
     let (mut a, mut b) = (train_repr, test_out.representations);
     a.normalize_rows();
     b.normalize_rows();
-    methods.push(MethodResult { name: "ours".into(), dim: a.cols, knn: knn(&a, &b)? });
+    methods.push(score("ours".into(), &a, &b)?);
     Ok(Comparison { methods, skipped, fit_history, embed_history: test_out.history, config: cfg.clone() })
 }
 
@@ -128,6 +140,12 @@ impl Comparison {
             top1.insert(m.name.clone(), json!(at(m, |s| s.top1)));
             top5.insert(m.name.clone(), json!(at(m, |s| s.top5)));
         }
+        let mut linear = serde_json::Map::new();
+        for m in &self.methods {
+            if let Some(l) = &m.linear {
+                linear.insert(m.name.clone(), json!(l.top1));
+            }
+        }
         for (name, _) in &self.skipped {
             top1.insert(name.clone(), Value::Null);
             top5.insert(name.clone(), Value::Null);
@@ -136,6 +154,7 @@ impl Comparison {
             "k": k,
             "knn_top1": top1,
             "knn_top5": top5,
+            "linear_top1": if self.config.linear.is_some() { Value::Object(linear) } else { Value::Null },
             "methods": self.methods,
             "skipped": self.skipped.iter().map(|(n, why)| json!({"method": n, "reason": why})).collect::<Vec<_>>(),
             "fit_history": self.fit_history,
@@ -154,6 +173,9 @@ impl Comparison {
         for x in &ks {
             s += &format!("  {:>9}", format!("top1@{x}"));
         }
+        if self.config.linear.is_some() {
+            s += &format!("  {:>8}", "linear");
+        }
         s.push('\n');
         let pct = |v: Option<f64>| v.map(|v| format!("{:.2}", 100.0 * v)).unwrap_or_else(|| "-".into());
         for m in &self.methods {
@@ -161,6 +183,9 @@ impl Comparison {
             s += &format!("{:<width$}  {:>5}  {:>8}  {:>8}", m.name, m.dim, pct(sc.map(|s| s.top1)), pct(sc.map(|s| s.top5)));
             for &x in &ks {
                 s += &format!("  {:>9}", pct(m.knn.at(x).map(|s| s.top1)));
+            }
+            if self.config.linear.is_some() {
+                s += &format!("  {:>8}", pct(m.linear.as_ref().map(|l| l.top1)));
             }
             s.push('\n');
         }

@@ -15,6 +15,7 @@
 //! Every stage takes a config struct whose defaults are those of `METHOD.md`, and reports
 //! progress through [`progress::Progress`] so that the library never touches a terminal.
 
+pub mod analysis;
 pub mod artifact;
 pub mod baseline;
 pub mod checkpoint;

@@ -16,7 +16,8 @@ pub fn run(a: CompareArgs, progress: &Bars) -> Result<()> {
         Some((_, record)) => a.fit.resolve_from(&record.config)?,
         None => a.fit.resolve()?,
     };
-    let cfg = CompareConfig { fit, knn, ..CompareConfig::default() };
+    let linear = a.linear.then(ensembed::eval::LinearConfig::default);
+    let cfg = CompareConfig { fit, knn, linear, ..CompareConfig::default() };
     let train = open_store(&a.train, "--train")?;
     let test = open_store(&a.test, "--test")?;
     train.validate_values()?;

@@ -1,5 +1,6 @@
 //! One file per command; each takes its parsed flags and the progress sink.
 
+mod analyze;
 mod compare;
 mod demo;
 mod embed;
@@ -26,6 +27,7 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Embed(a) => embed::run(a, progress),
         Command::Knn(a) => knn::run(a, progress),
         Command::Compare(a) => compare::run(a, progress),
+        Command::Analyze(a) => analyze::run(a, progress),
         Command::Info(a) => info::run(a),
     }
 }

@@ -4,7 +4,9 @@
 
 mod helpers;
 
+mod analysis;
 mod knn;
+mod linear;
 mod model;
 mod pipeline;
 mod store;

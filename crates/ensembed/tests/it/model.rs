@@ -16,7 +16,7 @@ use ensembed::objective::Workspace;
 use ensembed::pca::fit_pca;
 use ensembed::{FeatureSet, InMemory, Matrix, NoProgress};
 
-use crate::helpers::{max_abs_diff, random_features, random_matrix, rng};
+use crate::helpers::{jacobi_eigenvalues, max_abs_diff, random_features, random_matrix, rng};
 
 /// An independent f64 forward of `mlp` plus the summed cosine loss against `z`.
 fn loss_f64(mlp_w: &[Vec<f64>], mlp_b: &[Vec<f64>], dims: &[usize], final_relu: bool, x: &[f64], z: &[f64], b: usize) -> f64 {
@@ -231,37 +231,6 @@ fn init_is_pytorch_linear_and_seeded() {
     }
     let z = init_mlp(&[8, 4], true, BiasInit::Zero, &mut rng(1));
     assert!(z.layers[0].bias.iter().all(|&v| v == 0.0));
-}
-
-/// Exact eigenvalues of a small symmetric matrix by cyclic Jacobi rotations (f64).
-fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
-    for _ in 0..100 {
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p * n + q];
-                if apq.abs() < 1e-15 {
-                    continue;
-                }
-                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let (c, s) = (1.0 / (t * t + 1.0).sqrt(), t / (t * t + 1.0).sqrt());
-                for k in 0..n {
-                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
-                    a[k * n + p] = c * akp - s * akq;
-                    a[k * n + q] = s * akp + c * akq;
-                }
-                for k in 0..n {
-                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
-                    a[p * n + k] = c * apk - s * aqk;
-                    a[q * n + k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-    let mut ev: Vec<f64> = (0..n).map(|i| a[i * n + i]).collect();
-    ev.sort_by(|x, y| y.partial_cmp(x).unwrap());
-    ev
 }
 
 #[test]
