@@ -49,8 +49,10 @@ impl Default for KnnConfig {
             temperature: 0.07,
             vote: Vote::Weighted,
             num_classes: None,
-            // Measured on AVX-512 (benches/knn.rs): larger blocks gain under 2%, and 1 MiB of
-            // scratch per thread stays in L2.
+            // Measured with benches/knn.rs (AVX-512, d = 1024 and 2048): blocks of 64-256
+            // queries x 1024-4096 train rows are within 2% of each other, at 0.88-0.90 of a
+            // plain GEMM; 512 queries, or 8192 train rows (similarities spill out of L2), are
+            // slower. 128 x 2048 holds 1 MiB of similarities per thread.
             query_chunk: 128,
             train_chunk: 2048,
             threads: rayon::current_num_threads(),
@@ -100,14 +102,7 @@ pub fn knn_neighbors(
 ) -> Result<(Vec<u32>, Vec<f32>)> {
     check_inputs(train, test, cfg)?;
     check_k(kmax, train.rows)?;
-    Ok(search(
-        train,
-        test,
-        kmax,
-        cfg,
-        &pool(cfg.threads)?,
-        progress,
-    ))
+    Ok(search(train, test, kmax, cfg, &pool(cfg.threads)?, progress))
 }
 
 /// Top-1 and top-5 k-NN accuracy of `test` against `train` for every k of `cfg.ks`.
@@ -129,10 +124,9 @@ pub fn evaluate_knn(
     progress: &dyn Progress,
 ) -> Result<KnnReport> {
     check_inputs(train, test, cfg)?;
-    for (what, labels, rows) in [
-        ("train", train_labels, train.rows),
-        ("test", test_labels, test.rows),
-    ] {
+    for (what, labels, rows) in
+        [("train", train_labels, train.rows), ("test", test_labels, test.rows)]
+    {
         if labels.len() != rows {
             return Err(Error::shape(
                 format!("k-NN {what} labels"),
@@ -160,10 +154,8 @@ pub fn evaluate_knn(
         Some(c) => {
             let max_test = test_labels.iter().max().map_or(0, |&m| m as usize);
             if max_train.max(max_test) >= c {
-                let msg = format!(
-                    "the labels go up to {} (train) and {max_test} (test)",
-                    max_train
-                );
+                let msg =
+                    format!("the labels go up to {} (train) and {max_test} (test)", max_train);
                 return Err(Error::config("num_classes", c, msg));
             }
             c
@@ -187,10 +179,7 @@ pub fn evaluate_knn(
                 || (vec![0f64; num_classes], zero()),
                 |(mut votes, mut hits), q| {
                     votes.fill(0.0);
-                    let (nb, s) = (
-                        &idx[q * kmax..(q + 1) * kmax],
-                        &sim[q * kmax..(q + 1) * kmax],
-                    );
+                    let (nb, s) = (&idx[q * kmax..(q + 1) * kmax], &sim[q * kmax..(q + 1) * kmax]);
                     let mut done = 0;
                     for &i in &order {
                         for n in done..cfg.ks[i] {
@@ -209,10 +198,7 @@ pub fn evaluate_knn(
             )
             .map(|(_, h)| h)
             .reduce(zero, |mut a, b| {
-                a.iter_mut()
-                    .flatten()
-                    .zip(b.iter().flatten())
-                    .for_each(|(a, b)| *a += b);
+                a.iter_mut().flatten().zip(b.iter().flatten()).for_each(|(a, b)| *a += b);
                 a
             })
     });
@@ -223,11 +209,7 @@ pub fn evaluate_knn(
             .ks
             .iter()
             .zip(&hits)
-            .map(|(&k, h)| KnnScore {
-                k,
-                top1: frac(h[0]),
-                top5: frac(h[1]),
-            })
+            .map(|(&k, h)| KnnScore { k, top1: frac(h[0]), top5: frac(h[1]) })
             .collect(),
         n_train: train.rows,
         n_test: test.rows,
@@ -240,9 +222,7 @@ pub fn evaluate_knn(
 /// Position of class `y` when classes are sorted by vote total, highest first, lower index
 /// first on ties (0 = predicted). Counting beats sorting: only "is it below 5" is asked.
 fn rank(votes: &[f64], y: usize) -> usize {
-    let Some(&v) = votes.get(y) else {
-        return usize::MAX;
-    };
+    let Some(&v) = votes.get(y) else { return usize::MAX };
     votes[..y].iter().filter(|&&w| w >= v).count()
         + votes[y + 1..].iter().filter(|&&w| w > v).count()
 }
@@ -286,11 +266,7 @@ fn check_inputs(train: &Matrix, test: &Matrix, cfg: &KnnConfig) -> Result<()> {
 fn check_k(k: usize, nt: usize) -> Result<()> {
     match k {
         0 => Err(Error::config("k", 0, "must be at least 1")),
-        k if k > nt => Err(Error::config(
-            "k",
-            k,
-            format!("larger than the {nt} training samples"),
-        )),
+        k if k > nt => Err(Error::config("k", k, format!("larger than the {nt} training samples"))),
         _ => Ok(()),
     }
 }
@@ -328,42 +304,31 @@ fn search(
     let mut sim = vec![0f32; nq * kmax]; // [nq, kmax]
     progress.start("k-NN", nq as u64);
     pool.install(|| {
-        idx.par_chunks_mut(qc * kmax)
-            .zip(sim.par_chunks_mut(qc * kmax))
-            .enumerate()
-            .for_each_init(
-                || Scratch {
-                    qt: vec![0.0; d * qc],
-                    st: vec![0.0; tc * qc],
-                    cand: vec![(0.0, 0); qc * 2 * kmax],
-                    len: vec![0; qc],
-                    thr: vec![0.0; qc],
-                },
-                |scr, (c, (idx, sim))| {
-                    let rows = idx.len() / kmax;
-                    search_block(
-                        train,
-                        &test.data[c * qc * d..(c * qc + rows) * d],
-                        rows,
-                        tc,
-                        scr,
-                        kmax,
-                    );
-                    for (r, (idx, sim)) in idx
-                        .chunks_exact_mut(kmax)
-                        .zip(sim.chunks_exact_mut(kmax))
-                        .enumerate()
-                    {
-                        let cand = &mut scr.cand[r * 2 * kmax..][..scr.len[r]];
-                        let best = keep_best(cand, kmax);
-                        best.sort_unstable_by(order);
-                        for ((i, s), &(v, j)) in idx.iter_mut().zip(sim.iter_mut()).zip(&*best) {
-                            (*i, *s) = (j, v);
-                        }
+        idx.par_chunks_mut(qc * kmax).zip(sim.par_chunks_mut(qc * kmax)).enumerate().for_each_init(
+            || Scratch {
+                qt: vec![0.0; d * qc],
+                st: vec![0.0; tc * qc],
+                cand: vec![(0.0, 0); qc * 2 * kmax],
+                len: vec![0; qc],
+                thr: vec![0.0; qc],
+            },
+            |scr, (c, (idx, sim))| {
+                let rows = idx.len() / kmax;
+                let q = &test.data[c * qc * d..(c * qc + rows) * d]; // [rows, d]
+                search_block(train, q, rows, tc, scr, kmax);
+                for (r, (idx, sim)) in
+                    idx.chunks_exact_mut(kmax).zip(sim.chunks_exact_mut(kmax)).enumerate()
+                {
+                    let cand = &mut scr.cand[r * 2 * kmax..][..scr.len[r]];
+                    let best = keep_best(cand, kmax);
+                    best.sort_unstable_by(order);
+                    for ((i, s), &(v, j)) in idx.iter_mut().zip(sim.iter_mut()).zip(&*best) {
+                        (*i, *s) = (j, v);
                     }
-                    progress.advance(rows as u64);
-                },
-            )
+                }
+                progress.advance(rows as u64);
+            },
+        )
     });
     progress.finish();
     (idx, sim)
@@ -376,22 +341,21 @@ fn search(
 /// `train` [nt, d], `q` [rows, d]; leaves candidates `scr.cand[r * 2 * kmax..][..scr.len[r]]`.
 fn search_block(train: &Matrix, q: &[f32], rows: usize, tc: usize, scr: &mut Scratch, kmax: usize) {
     let (nt, d) = (train.rows, train.cols);
-    // gemm packs a row-major left operand element by element (a third of the time with small
-    // query blocks); transposed once here it is read as is.
+    // S is computed column-major from a transposed query block: gemm then reads the queries as
+    // they are, where with a row-major S it would pack the train block element by element on
+    // every call (a third of the time with 128-query blocks). The GEMMs are single-threaded:
+    // the parallelism is over query blocks, which keeps every similarity independent of the
+    // thread count.
     let qt = &mut scr.qt[..d * rows]; // [d, rows]
     for (i, qrow) in q.chunks_exact(d).enumerate() {
-        qrow.iter()
-            .enumerate()
-            .for_each(|(k, &v)| qt[k * rows + i] = v);
+        qrow.iter().enumerate().for_each(|(k, &v)| qt[k * rows + i] = v);
     }
     scr.len[..rows].fill(0);
     scr.thr[..rows].fill(f32::NAN);
     for t0 in (0..nt).step_by(tc) {
         let cols = tc.min(nt - t0);
         let t = &train.data[t0 * d..(t0 + cols) * d]; // [cols, d]
-        let st = &mut scr.st[..cols * rows]; // [cols, rows]: S = Q · Tᵀ stored column-major
-                                             // Single-threaded: the parallelism is over query blocks, which keeps every similarity
-                                             // independent of the thread count.
+        let st = &mut scr.st[..cols * rows]; // [cols, rows] = S [rows, cols] column-major
         #[rustfmt::skip]
         unsafe {
             gemm::gemm(
@@ -404,14 +368,7 @@ fn search_block(train: &Matrix, q: &[f32], rows: usize, tc: usize, scr: &mut Scr
             )
         };
         for (j, col) in st.chunks_exact(rows).enumerate() {
-            offer(
-                col,
-                (t0 + j) as u32,
-                &mut scr.thr[..rows],
-                &mut scr.cand,
-                &mut scr.len,
-                kmax,
-            );
+            offer(col, (t0 + j) as u32, &mut scr.thr[..rows], &mut scr.cand, &mut scr.len, kmax);
         }
     }
 }
@@ -425,6 +382,7 @@ fn search_block(train: &Matrix, q: &[f32], rows: usize, tc: usize, scr: &mut Scr
 /// # Shapes
 /// `col` [rows], `thr` [rows], `cand` [rows, 2 kmax], `len` [rows].
 #[inline]
+#[allow(clippy::neg_cmp_op_on_partial_ord)] // on purpose: NaN thresholds must let all through
 fn offer(
     col: &[f32],
     j: u32,
@@ -438,11 +396,7 @@ fn offer(
     // given train row; a branch-free test of 16 queries at a time vectorises and keeps the scan
     // a small fraction of the GEMM.
     for (c, (vs, ts)) in col.chunks(16).zip(thr.chunks_mut(16)).enumerate() {
-        if !vs
-            .iter()
-            .zip(&*ts)
-            .fold(false, |hit, (&v, &t)| hit | !(v <= t))
-        {
+        if !vs.iter().zip(&*ts).fold(false, |hit, (&v, &t)| hit | !(v <= t)) {
             continue;
         }
         for (i, (&v, t)) in vs.iter().zip(ts).enumerate().map(|(i, x)| (c * 16 + i, x)) {
@@ -450,14 +404,7 @@ fn offer(
                 let (cand, len) = (&mut cand[i * 2 * kmax..(i + 1) * 2 * kmax], &mut len[i]);
                 // A NaN similarity (non-finite input) ranks last, so the list still fills;
                 // `+ 0.0` turns -0 into +0, which `order` would otherwise rank below it.
-                cand[*len] = (
-                    if v.is_nan() {
-                        f32::NEG_INFINITY
-                    } else {
-                        v + 0.0
-                    },
-                    j,
-                );
+                cand[*len] = (if v.is_nan() { f32::NEG_INFINITY } else { v + 0.0 }, j);
                 *len += 1;
                 if *len == 2 * kmax {
                     *t = keep_best(cand, kmax)[kmax - 1].0;

@@ -26,7 +26,13 @@ fn clustered(seed: u64, n: usize, d: usize, classes: usize) -> (Matrix, Vec<u32>
     (x, labels)
 }
 
-fn cfg(ks: &[usize], vote: Vote, query_chunk: usize, train_chunk: usize, threads: usize) -> KnnConfig {
+fn cfg(
+    ks: &[usize],
+    vote: Vote,
+    query_chunk: usize,
+    train_chunk: usize,
+    threads: usize,
+) -> KnnConfig {
     KnnConfig { ks: ks.to_vec(), vote, query_chunk, train_chunk, threads, ..KnnConfig::default() }
 }
 
@@ -41,18 +47,27 @@ fn brute_neighbours(train: &Matrix, q: &[f32]) -> Vec<(f64, usize)> {
 }
 
 /// Brute-force (top-1, top-5) accuracy at `k`: sum the votes, sort the classes, look.
-fn brute_accuracy(train: &Matrix, ty: &[u32], test: &Matrix, qy: &[u32], k: usize, vote: Vote, t: f32) -> (f64, f64) {
+fn brute_accuracy(
+    train: &Matrix,
+    ty: &[u32],
+    test: &Matrix,
+    qy: &[u32],
+    k: usize,
+    vote: Vote,
+    t: f32,
+) -> (f64, f64) {
     let classes = *ty.iter().max().unwrap() as usize + 1;
     let (mut top1, mut top5) = (0, 0);
-    for q in 0..test.rows {
+    for (q, &y) in qy.iter().enumerate() {
         let mut votes = vec![0f64; classes];
         for &(s, j) in &brute_neighbours(train, test.row(q))[..k] {
-            votes[ty[j] as usize] += if vote == Vote::Weighted { (s / t as f64).exp() } else { 1.0 };
+            votes[ty[j] as usize] +=
+                if vote == Vote::Weighted { (s / t as f64).exp() } else { 1.0 };
         }
         let mut ranked: Vec<usize> = (0..classes).collect();
         ranked.sort_by(|&a, &b| votes[b].partial_cmp(&votes[a]).unwrap().then(a.cmp(&b)));
-        top1 += (ranked[0] == qy[q] as usize) as usize;
-        top5 += ranked[..5.min(classes)].contains(&(qy[q] as usize)) as usize;
+        top1 += (ranked[0] == y as usize) as usize;
+        top5 += ranked[..5.min(classes)].contains(&(y as usize)) as usize;
     }
     (top1 as f64 / test.rows as f64, top5 as f64 / test.rows as f64)
 }
@@ -75,7 +90,9 @@ fn matches_brute_force() {
     }
 
     for vote in [Vote::Weighted, Vote::Majority] {
-        let r = evaluate_knn(&train, &ty, &test, &qy, &KnnConfig { vote, ..c.clone() }, &NoProgress).unwrap();
+        let r =
+            evaluate_knn(&train, &ty, &test, &qy, &KnnConfig { vote, ..c.clone() }, &NoProgress)
+                .unwrap();
         assert_eq!((r.n_train, r.n_test, r.num_classes), (700, 130, 7));
         for &k in &[1, 5, 20, 100] {
             let s = r.at(k).unwrap();
@@ -89,7 +106,8 @@ fn matches_brute_force() {
 
 #[test]
 fn hand_computed_2d() {
-    // Train: 0 = (-1, 0) class 2, 1 = (0.6, 0.8) class 1, 2 = (1, 0) class 0, 3 = (0.6, -0.8) class 1.
+    // Train: 0 = (-1, 0) class 2, 1 = (0.6, 0.8) class 1, 2 = (1, 0) class 0,
+    //        3 = (0.6, -0.8) class 1.
     // Query A = (1, 0), label 0: similarities -1, 0.6, 1, 0.6 -> neighbours 2, 1, 3, 0 (1 before
     //   3: equal similarity, lower index first).
     // Query B = (0, 1), label 2: similarities 0, 0.8, 0, -0.8 -> neighbours 1, 0, 2, 3.
@@ -110,13 +128,17 @@ fn hand_computed_2d() {
     assert_eq!(sim, [1.0, 0.6, 0.6, -1.0, 0.8, 0.0, 0.0, -0.8]);
 
     let top = |r: &KnnReport| r.scores.iter().map(|s| (s.k, s.top1, s.top5)).collect::<Vec<_>>();
-    let run = |vote| evaluate_knn(&train, &ty, &test, &qy, &cfg(&[3, 1, 2], vote, 1, 1, 1), &NoProgress).unwrap();
+    let run = |vote| {
+        evaluate_knn(&train, &ty, &test, &qy, &cfg(&[3, 1, 2], vote, 1, 1, 1), &NoProgress).unwrap()
+    };
     // Scores come back in the order asked.
     assert_eq!(top(&run(Vote::Weighted)), [(3, 0.5, 1.0), (1, 0.5, 1.0), (2, 0.5, 1.0)]);
     assert_eq!(top(&run(Vote::Majority)), [(3, 0.0, 1.0), (1, 0.5, 1.0), (2, 0.5, 1.0)]);
 
     // A test label no train sample has (3) cannot be predicted: a miss even for top-5.
-    let r = evaluate_knn(&train, &ty, &test, &[0, 3], &cfg(&[1], Vote::Weighted, 8, 8, 1), &NoProgress).unwrap();
+    let r =
+        evaluate_knn(&train, &ty, &test, &[0, 3], &cfg(&[1], Vote::Weighted, 8, 8, 1), &NoProgress)
+            .unwrap();
     assert_eq!((r.num_classes, r.scores[0].top1, r.scores[0].top5), (3, 0.5, 0.5));
     // With eight classes given, A at k = 1 ranks class 0 first; B's class 2 ties at zero votes
     // with 0, 3, ... and comes after class 1 (votes) and class 0 (lower index): rank 2 < 5.
@@ -129,16 +151,24 @@ fn hand_computed_2d() {
 fn equal_similarities_keep_train_order() {
     // Entries of ±0.5 make every dot product exact, so ties are real ties in any summation
     // order; small blocks make them meet the thresholded scan, not just the initial fill.
-    let v = [[1., 1., 1., 1.], [1., 1., 1., -1.], [1., 1., -1., -1.], [1., -1., -1., -1.], [-1., -1., -1., -1.]];
+    let v = [
+        [1., 1., 1., 1.],
+        [1., 1., 1., -1.],
+        [1., 1., -1., -1.],
+        [1., -1., -1., -1.],
+        [-1., -1., -1., -1.],
+    ];
     let rows = |ids: &mut dyn Iterator<Item = usize>| {
         let data: Vec<f32> = ids.flat_map(|i| v[i].map(|x| 0.5 * x)).collect();
         Matrix::from_vec(data.len() / 4, 4, data).unwrap()
     };
     let train = rows(&mut (0..50).map(|i| (i * 3) % 5));
     let test = rows(&mut (0..5));
-    let (idx, _) = knn_neighbors(&train, &test, 23, &cfg(&[1], Vote::Weighted, 2, 4, 2), &NoProgress).unwrap();
+    let (idx, _) =
+        knn_neighbors(&train, &test, 23, &cfg(&[1], Vote::Weighted, 2, 4, 2), &NoProgress).unwrap();
     for q in 0..5 {
-        let want: Vec<u32> = brute_neighbours(&train, test.row(q))[..23].iter().map(|w| w.1 as u32).collect();
+        let want: Vec<u32> =
+            brute_neighbours(&train, test.row(q))[..23].iter().map(|w| w.1 as u32).collect();
         assert_eq!(idx[q * 23..(q + 1) * 23], want, "query {q}");
     }
 }
@@ -201,10 +231,19 @@ fn validation_errors() {
     has(eval_err(&train, &ty[..9], &test, &qy, &ok), &["train labels", "10", "found 9"]);
     has(eval_err(&train, &ty, &test, &[0, 1], &ok), &["test labels", "5", "found 2"]);
     for k in [0, 11] {
-        has(eval_err(&train, &ty, &test, &qy, &cfg(&[5, k], Vote::Weighted, 4, 4, 1)), &["`k`", &format!("= {k}")]);
+        has(
+            eval_err(&train, &ty, &test, &qy, &cfg(&[5, k], Vote::Weighted, 4, 4, 1)),
+            &["`k`", &format!("= {k}")],
+        );
     }
-    has(eval_err(&train, &ty, &test, &qy, &cfg(&[11], Vote::Weighted, 4, 4, 1)), &["larger than the 10 training samples"]);
-    has(eval_err(&train, &ty, &test, &qy, &cfg(&[], Vote::Weighted, 4, 4, 1)), &["`ks`", "at least one k"]);
+    has(
+        eval_err(&train, &ty, &test, &qy, &cfg(&[11], Vote::Weighted, 4, 4, 1)),
+        &["larger than the 10 training samples"],
+    );
+    has(
+        eval_err(&train, &ty, &test, &qy, &cfg(&[], Vote::Weighted, 4, 4, 1)),
+        &["`ks`", "at least one k"],
+    );
     for t in [0.0, -0.1, f32::NAN, f32::INFINITY] {
         let c = KnnConfig { temperature: t, ..ok.clone() };
         has(eval_err(&train, &ty, &test, &qy, &c), &["`temperature`", &format!("= {t}")]);
@@ -223,7 +262,9 @@ fn validation_errors() {
     has(eval_err(&train, &ty, &test, &qy, &c), &["`num_classes` = 2", "labels go up to 2"]);
 
     // The search alone checks the same things.
-    let search_err = |train: &Matrix, test: &Matrix, k| knn_neighbors(train, test, k, &ok, &NoProgress).unwrap_err().to_string();
+    let search_err = |train: &Matrix, test: &Matrix, k| {
+        knn_neighbors(train, test, k, &ok, &NoProgress).unwrap_err().to_string()
+    };
     has(search_err(&train, &test, 11), &["`k` = 11", "larger than the 10 training samples"]);
     has(search_err(&train, &test, 0), &["`k` = 0"]);
     has(search_err(&train, &wide, 1), &["4 columns", "6 columns"]);
@@ -249,7 +290,11 @@ fn npz_array(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
     let shape_str = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape = shape_str.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let shape = shape_str
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
     let body = &bytes[10 + hlen..];
     let data = if header.contains("'<f2'") {
         body.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
@@ -264,7 +309,8 @@ fn npz_array(path: &std::path::Path, name: &str) -> (Vec<usize>, Vec<f32>) {
 fn matches_numpy_reference_on_demo_features() {
     let demo = repo_root().join("data/demo");
     let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(demo.join("knn_reference.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(demo.join("knn_reference.json")).unwrap())
+            .unwrap();
     let backbones = ["mnv2-imagenet", "mnv2-tf2-imagenet", "mnv2-inat-bird"];
     // The reference's methods: each backbone, the normalised sum of normalised backbones
     // (average) and the normalised concatenation of normalised backbones (concat).
@@ -300,12 +346,29 @@ fn matches_numpy_reference_on_demo_features() {
         let weighted = evaluate_knn(tr, &ty, te, &qy, &KnnConfig::default(), &NoProgress).unwrap();
         let majority = KnnConfig { ks: vec![20], vote: Vote::Majority, ..KnnConfig::default() };
         let majority = evaluate_knn(tr, &ty, te, &qy, &majority, &NoProgress).unwrap();
-        for (report, want) in [(&weighted, &reference[name]), (&majority, &reference["majority"][name])] {
+        for (report, want) in
+            [(&weighted, &reference[name]), (&majority, &reference["majority"][name])]
+        {
             for s in &report.scores {
                 let w = &want[s.k.to_string()];
                 let close = |a: f64, b: &serde_json::Value| (a - b.as_f64().unwrap()).abs() < 1e-9;
-                assert!(close(s.top1, &w["top1"]) && close(s.top5, &w["top5"]), "{name} {:?} k = {}: {s:?} vs {w}", report.vote, s.k);
+                assert!(
+                    close(s.top1, &w["top1"]) && close(s.top5, &w["top5"]),
+                    "{name} {:?} k = {}: {s:?} vs {w}",
+                    report.vote,
+                    s.k
+                );
             }
         }
     }
+}
+
+#[test]
+fn nan_similarities_rank_last() {
+    // Non-finite input is the caller's error, but must not leave holes in the neighbour lists.
+    let train = Matrix::from_vec(4, 2, vec![1.0, 0.0, f32::NAN, 0.0, 0.0, 1.0, -1.0, 0.0]).unwrap();
+    let test = Matrix::from_vec(1, 2, vec![1.0, 0.0]).unwrap();
+    let (idx, sim) = knn_neighbors(&train, &test, 4, &KnnConfig::default(), &NoProgress).unwrap();
+    assert_eq!(idx, [0, 2, 3, 1]);
+    assert_eq!(sim, [1.0, 0.0, -1.0, f32::NEG_INFINITY]);
 }
