@@ -113,6 +113,16 @@ pub fn write_representations(path: &Path, m: &Matrix) -> Result<()> {
 
 /// Reads representations written by [`write_representations`] (or any `[n, d]` f32/f16 `.npy`).
 pub fn read_representations(path: &Path) -> Result<Matrix> {
+    let m = read_representations_unchecked(path)?;
+    // `[n, 0]` holds no data whatever n says: a few bytes could otherwise declare n = 2^60 rows
+    // that the next stage would allocate for.
+    if m.cols == 0 {
+        return Err(Error::format(path, "shape", format!("[{}, 0]: representations need at least one column", m.rows)));
+    }
+    Ok(m)
+}
+
+fn read_representations_unchecked(path: &Path) -> Result<Matrix> {
     match extension(path).as_deref() {
         Some("npy") => npy::read_npy(path)?.to_f32_matrix(path),
         Some("safetensors") => {

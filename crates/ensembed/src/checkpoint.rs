@@ -130,12 +130,23 @@ pub fn load_checkpoint(dir: &Path, cfg: &FitConfig, feats: &dyn FeatureSet) -> R
     let f32s = |name: &str, len: usize| -> Result<Vec<f32>> {
         Ok(raw(name, StDtype::F32, len)?.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     };
+    // No optimiser can have taken more steps than the whole configured fit has: a larger count
+    // (say u64::MAX from a damaged file) would overflow on the next step.
+    let steps_per_epoch = feats.len().div_ceil(cfg.batch.clamp(1, feats.len().max(1)));
+    let max_steps = (cfg.epochs as u64).saturating_mul(steps_per_epoch as u64);
+    let check_steps = |field: &str, t: u64| -> Result<u64> {
+        if t > max_steps {
+            return Err(Error::format(&meta_path, field, format!("{t} steps, more than the {max_steps} of the whole fit ({} epochs of {steps_per_epoch})", cfg.epochs)));
+        }
+        Ok(t)
+    };
     let mut adams = Vec::new();
     for (j, mlp) in model.mlps.iter().enumerate() {
         let steps = meta.adam_steps.get(j).ok_or_else(|| Error::format(&meta_path, "adam_steps", format!("no entry for MLP {j}")))?;
         let mut layers = Vec::new();
         for (l, layer) in mlp.layers.iter().enumerate() {
             let &(tw, tb) = steps.get(l).ok_or_else(|| Error::format(&meta_path, "adam_steps", format!("no entry for MLP {j} layer {l}")))?;
+            let (tw, tb) = (check_steps("adam_steps", tw)?, check_steps("adam_steps", tb)?);
             let (nw, nb) = (layer.weight.len(), layer.bias.len());
             let w = Adam::from_parts(f32s(&format!("adam.{j}.{l}.weight.m"), nw)?, f32s(&format!("adam.{j}.{l}.weight.v"), nw)?, tw);
             let b = Adam::from_parts(f32s(&format!("adam.{j}.{l}.bias.m"), nb)?, f32s(&format!("adam.{j}.{l}.bias.v"), nb)?, tb);
@@ -144,10 +155,15 @@ pub fn load_checkpoint(dir: &Path, cfg: &FitConfig, feats: &dyn FeatureSet) -> R
         adams.push(layers);
     }
     let (n, d) = (feats.len(), model.spec.dim);
-    let repr = Matrix::from_vec(n, d, f32s("bank.repr", n * d)?)?;
+    let nd = n.checked_mul(d).ok_or_else(|| Error::format(dir.join(MODEL_FILE), "dim", format!("{n} samples times dim {d} overflows")))?;
+    let repr = Matrix::from_vec(n, d, f32s("bank.repr", nd)?)?;
     let row_len = if cfg.bank == BankMode::Lazy { n } else { 0 };
-    let row_steps = raw("bank.row_steps", StDtype::U32, row_len)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-    let bank = Bank::from_parts(repr, f32s("bank.m", n * d)?, f32s("bank.v", n * d)?, meta.bank_steps, row_steps, cfg.bank);
+    let row_steps: Vec<u32> = raw("bank.row_steps", StDtype::U32, row_len)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    if let Some((i, &t)) = row_steps.iter().enumerate().find(|(_, &t)| t as u64 > max_steps) {
+        return Err(Error::format(&path, "bank.row_steps", format!("row {i} has {t} steps, more than the {max_steps} of the whole fit")));
+    }
+    let bank_steps = check_steps("bank_steps", meta.bank_steps)?;
+    let bank = Bank::from_parts(repr, f32s("bank.m", nd)?, f32s("bank.v", nd)?, bank_steps, row_steps, cfg.bank);
     let order: Vec<usize> = raw("order", StDtype::U64, n)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
     let mut seen = vec![false; n];
     for &i in &order {

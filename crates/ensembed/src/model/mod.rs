@@ -150,7 +150,15 @@ impl EnsembleModel {
             .get(META_KEY)
             .ok_or_else(|| Error::format(path, field.as_str(), "missing: not a model written by ensembed"))?;
         let spec: ModelSpec = serde_json::from_str(spec_json).map_err(|e| Error::format(path, field.as_str(), e.to_string()))?;
-        if spec.backbones.is_empty() || !(1..=8).contains(&spec.depth) || spec.dim == 0 || spec.hidden == 0 {
+        // A zero width anywhere would let a tensor of zero elements stand for any other width (a
+        // 100-byte file could then declare dim = 2^60 and make `embed` allocate for it): every
+        // width must be at least 1, so each is bounded by the bytes of a weight tensor.
+        if spec.backbones.is_empty()
+            || !(1..=8).contains(&spec.depth)
+            || spec.dim == 0
+            || spec.hidden == 0
+            || spec.backbones.iter().any(|b| b.dim == 0)
+        {
             return Err(Error::format(path, field.as_str(), format!("invalid spec {spec_json}")));
         }
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(path, "tensors", e.to_string()))?;
@@ -183,7 +191,11 @@ impl EnsembleModel {
         let projection = if spec.uses_average_init() {
             None
         } else {
-            let total: usize = spec.backbones.iter().map(|b| b.dim).sum();
+            let total = spec
+                .backbones
+                .iter()
+                .try_fold(0usize, |acc, b| acc.checked_add(b.dim))
+                .ok_or_else(|| Error::format(path, field.as_str(), "the backbone widths overflow"))?;
             Some(Projection {
                 mean: read("projection.mean", &[total])?,
                 components: Matrix::from_vec(total, spec.dim, read("projection.components", &[total, spec.dim])?)?,

@@ -18,6 +18,7 @@
 mod import;
 mod manifest;
 pub mod npy;
+mod shard;
 mod writer;
 
 use std::ops::Range;
@@ -33,6 +34,7 @@ use crate::matrix::{normalize, Matrix};
 
 pub use import::import_numpy;
 pub use manifest::{check_backbone_name, BackboneEntry, Dtype, Manifest, MANIFEST_FILE};
+pub use shard::{merge_stores, shard_store};
 pub use writer::StoreWriter;
 
 use manifest::{FEATURES_TENSOR, LABELS_TENSOR};
@@ -70,16 +72,20 @@ impl Store {
     /// Opens the store in `dir`: reads the manifest, memory-maps each backbone file and checks
     /// its tensor name, dtype, shape `[n, dim]` and byte length against the manifest, and loads
     /// and checks labels (>= 0, below the number of classes when classes are named) and ids.
-    /// Feature values are not scanned; see [`Store::validate_values`].
+    /// Feature values are not scanned; see [`Store::validate_values`]. Every file must be a
+    /// regular file inside `dir`: the manifest can only name plain file names, and an entry that
+    /// is a symbolic link resolving outside the store is refused (see `check_entry`).
     pub fn open(dir: &Path) -> Result<Store> {
         let manifest_path = dir.join(MANIFEST_FILE);
+        check_entry(dir, &manifest_path, MANIFEST_FILE)?;
         let manifest = Manifest::read(&manifest_path)?;
         let n = manifest.n;
 
         let mut infos = Vec::with_capacity(manifest.backbones.len());
         let mut maps = Vec::with_capacity(manifest.backbones.len());
-        for b in &manifest.backbones {
+        for (k, b) in manifest.backbones.iter().enumerate() {
             let path = dir.join(&b.file);
+            check_entry(dir, &path, &format!("backbones[{k}].file"))?;
             let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
             // SAFETY: the map is read-only. Like every mmap it assumes no other process
             // truncates the file while the store is open; stores are written to a temporary
@@ -116,11 +122,17 @@ impl Store {
         }
 
         let labels = match &manifest.labels {
-            Some(f) => Some(read_labels(&dir.join(f), n, manifest.classes.as_deref())?),
+            Some(f) => {
+                check_entry(dir, &dir.join(f), "labels")?;
+                Some(read_labels(&dir.join(f), n, manifest.classes.as_deref())?)
+            }
             None => None,
         };
         let ids = match &manifest.ids {
-            Some(f) => Some(read_ids(&dir.join(f), n)?),
+            Some(f) => {
+                check_entry(dir, &dir.join(f), "ids")?;
+                Some(read_ids(&dir.join(f), n)?)
+            }
             None => None,
         };
         Ok(Store {
@@ -284,6 +296,38 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Checks that the store entry `path` (named by the manifest field `field`) is a regular file
+/// inside the store directory `root`. The manifest can only name plain file names (see
+/// [`manifest::check_file_name`]), but the entry itself may be a symbolic link: one that
+/// resolves outside the store is refused, so that a store from an untrusted source cannot make
+/// us read (and echo in messages, or copy into a new store) `/etc/shadow` or another user's
+/// data; a link to another file of the same store is allowed. A FIFO, device or directory is
+/// refused too (opening a FIFO would block forever, `/dev/zero` would never end). Nothing ever
+/// writes through an existing store's files: writers build a new directory and rename it.
+fn check_entry(root: &Path, path: &Path, field: &str) -> Result<()> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(path, e))?;
+    if meta.file_type().is_symlink() {
+        let real_root = root.canonicalize().map_err(|e| Error::io(root, e))?;
+        let target = path.canonicalize().map_err(|e| Error::io(path, e))?;
+        if !target.starts_with(&real_root) {
+            return Err(Error::format(
+                path,
+                field,
+                format!(
+                    "is a symbolic link to {}, outside the store {}: refused (copy the file into the store)",
+                    target.display(),
+                    real_root.display()
+                ),
+            ));
+        }
+    }
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::format(path, field, "is not a regular file"));
+    }
+    Ok(())
 }
 
 /// Decodes one row of little-endian f32 or f16 bytes into f32. Reinterprets in place when the

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod analysis;
+mod fuzz;
 mod knn;
 mod linear;
 mod model;

@@ -779,3 +779,42 @@ fn validate_values_reports_backbone_row_col_and_value() {
     let (e, _) = failure(store.validate_values(), &["bad.safetensors", "row 2900"]);
     assert!(matches!(e, Error::ZeroRow { row: 2900, .. }), "{e:?}");
 }
+
+#[test]
+fn shards_merge_back_into_the_same_store() {
+    use ensembed::store::{merge_stores, shard_store};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng(21);
+    let n = 23;
+    let a = random_matrix(&mut r, n, 5);
+    let b = random_matrix(&mut r, n, 3);
+    let half: Vec<f16> = b.data.iter().map(|&v| f16::from_f32(v)).collect();
+    let src = dir.path().join("src");
+    let mut w = StoreWriter::create(&src, n, false).unwrap();
+    w.add_backbone_f32("a", &a, Dtype::F32).unwrap();
+    w.add_backbone_f16("b", 3, &half).unwrap();
+    w.set_labels(&(0..n as i64).map(|i| i % 4).collect::<Vec<_>>(), Some(vec!["w".into(), "x".into(), "y".into(), "z".into()])).unwrap();
+    w.set_ids((0..n).map(|i| format!("img/{i}.jpg")).collect()).unwrap();
+    w.finish().unwrap();
+    let store = Store::open(&src).unwrap();
+    let parts = shard_store(&store, 4, &dir.path().join("shards"), false).unwrap();
+    let shards: Vec<Store> = parts.iter().map(|p| Store::open(p).unwrap()).collect();
+    // Contiguous, near-equal pieces: 23 rows in 4 parts are 5, 6, 6, 6.
+    assert_eq!(shards.iter().map(Store::len).collect::<Vec<_>>(), [5, 6, 6, 6]);
+    assert_eq!(shards[1].ids().unwrap()[0], "img/5.jpg");
+    assert_eq!(shards[3].backbones()[1].dtype, Dtype::F16);
+    let merged = merge_stores(&shards, &dir.path().join("merged"), false).unwrap();
+    // The merged store is the original, byte for byte.
+    for f in ["manifest.json", "a.safetensors", "b.safetensors", "labels.safetensors", "ids.txt"] {
+        assert!(std::fs::read(src.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(), "{f} differs after shard + merge");
+    }
+    // Stores of other backbones do not merge, and the error names both.
+    let other = dir.path().join("other");
+    let mut w = StoreWriter::create(&other, 2, false).unwrap();
+    w.add_backbone_f32("a", &random_matrix(&mut r, 2, 5), Dtype::F32).unwrap();
+    w.finish().unwrap();
+    let (_, msg) = failure(merge_stores(&[Store::open(&src).unwrap(), Store::open(&other).unwrap()], &dir.path().join("bad"), false), &["other", "src"]);
+    assert!(msg.contains("b[3, f16]"), "{msg}");
+    assert!(!dir.path().join("bad").exists());
+    let (_, _) = failure(shard_store(&store, 24, &dir.path().join("too-many"), false), &["parts", "24", "23"]);
+}
