@@ -44,6 +44,10 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Describe a store or a model directory.
     Info(InfoArgs),
+    /// Comparison and diagnostics as a report directory: report.json, figures, index.html.
+    Report(ReportArgs),
+    /// Run the comparison for several values of one fit parameter (resumable) and plot ours.
+    Sweep(SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -376,4 +380,58 @@ pub struct CompareArgs {
 pub struct InfoArgs {
     /// A store or model directory.
     pub path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Training store (with labels).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test store (with labels).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Use this fitted model's MLPs instead of fitting (transfer).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Output directory: report.json, fig/*.svg, fig/*.png, index.html.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing output directory (only once the new report is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub fit: FitArgs,
+    #[command(flatten)]
+    pub knn: KnnArgs,
+    /// Also score every method by the linear probe.
+    #[arg(long)]
+    pub linear: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Training store (with labels).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Test store (with labels).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// Fit parameter to vary: depth, lr, lr-bank, batch, epochs, weight-decay, bank, warmup,
+    /// last-bias, final-relu, seed, hidden or dim.
+    #[arg(long)]
+    pub param: String,
+    /// Values of the parameter, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, allow_negative_numbers = true)]
+    pub values: Vec<String>,
+    /// Output directory: runs/<param>=<value>.json per run (existing ones are reused), sweep.json,
+    /// sweep.svg, sweep.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// With --param batch: keep the learning rate instead of lr = lr * batch / 256.
+    #[arg(long)]
+    pub no_lr_scaling: bool,
+    #[command(flatten)]
+    pub fit: FitArgs,
+    #[command(flatten)]
+    pub knn: KnnArgs,
 }

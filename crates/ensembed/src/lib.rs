@@ -33,6 +33,7 @@ pub mod model;
 pub mod objective;
 pub mod pca;
 pub mod progress;
+pub mod report;
 pub mod rng;
 pub mod store;
 

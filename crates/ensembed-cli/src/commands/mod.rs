@@ -9,6 +9,8 @@ mod fit;
 mod import;
 mod info;
 mod knn;
+mod report;
+mod sweep;
 
 use std::path::Path;
 
@@ -29,6 +31,8 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Compare(a) => compare::run(a, progress),
         Command::Analyze(a) => analyze::run(a, progress),
         Command::Info(a) => info::run(a),
+        Command::Report(a) => report::run(a, progress),
+        Command::Sweep(a) => sweep::run(a, progress),
     }
 }
 

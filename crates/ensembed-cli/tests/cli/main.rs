@@ -413,3 +413,151 @@ fn assert_no_output_temps(out: &Path) {
         .collect();
     assert!(left.is_empty(), "left beside {}: {left:?}", out.display());
 }
+
+// ---------------------------------------------------------------- report and sweep
+
+/// A small synthetic problem (three classes, two backbones of width 8) imported as train and
+/// test stores under `d`.
+fn tiny_stores(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut paths = Vec::new();
+    for (split, n, seed) in [("train", 60usize, 1u32), ("test", 30, 2)] {
+        let mut args = vec!["import".to_string(), "--out".into(), p(&d.join(format!("{split}.store")))];
+        let labels: Vec<i64> = (0..n as i64).map(|i| i % 3).collect();
+        for (b, name) in ["alpha", "beta"].iter().enumerate() {
+            // Deterministic pseudo-random values around a per-class centre.
+            let data: Vec<f32> = (0..n * 8)
+                .map(|i| {
+                    let (row, col) = (i / 8, i % 8);
+                    let centre = ((labels[row] as usize * 7 + col * 3 + b * 5) % 10) as f32 / 10.0;
+                    let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed * 97 + b as u32 * 13) >> 8;
+                    centre + 0.05 + (h % 1000) as f32 / 2000.0
+                })
+                .collect();
+            let f = d.join(format!("{split}_{name}.npy"));
+            write_npy_f32(&f, &Matrix::from_vec(n, 8, data).unwrap()).unwrap();
+            args.extend(["--backbone".into(), format!("{name}={}", p(&f))]);
+        }
+        let l = d.join(format!("{split}_labels.npy"));
+        write_npy_i64(&l, &labels).unwrap();
+        args.extend(["--labels".into(), p(&l)]);
+        ok(&args);
+        paths.push(d.join(format!("{split}.store")));
+    }
+    (paths.remove(0), paths.remove(0))
+}
+
+/// Width and height from a PNG's IHDR, after checking the signature.
+fn png_size(bytes: &[u8]) -> (u32, u32) {
+    assert!(bytes.len() > 33 && &bytes[..8] == b"\x89PNG\r\n\x1a\n" && &bytes[12..16] == b"IHDR", "not a PNG");
+    let be = |o: usize| u32::from_be_bytes(bytes[o..o + 4].try_into().unwrap());
+    (be(16), be(20))
+}
+
+#[test]
+fn report_writes_every_file_with_the_numbers_of_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (s, t) = tiny_stores(d);
+    let out = d.join("rep");
+    let flags = ["--epochs", "3", "--batch", "16", "--k", "5,20", "--seed", "3"];
+    let mut args = vec!["--threads".to_string(), "2".into(), "report".into(), "--train".into(), p(&s), "--test".into(), p(&t), "--out".into(), p(&out)];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let first = ok(&args);
+    assert!(first.stdout.contains("ours - best baseline") && first.stdout.contains("index.html"), "{}", first.stdout);
+    for f in ["report.json", "index.html"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    for name in ["knn_top1", "singular_values", "nn_similarity", "loss"] {
+        let svg = std::fs::read_to_string(out.join(format!("fig/{name}.svg"))).unwrap();
+        assert!(svg.trim_start().starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{name}.svg");
+        let (w, h) = png_size(&std::fs::read(out.join(format!("fig/{name}.png"))).unwrap());
+        assert!(w >= 600 && h >= 400, "{name}.png is {w}x{h}");
+    }
+    assert_no_output_temps(&out);
+
+    let mut cmp = vec!["--threads".to_string(), "2".into(), "compare".into(), "--json".into(), "--train".into(), p(&s), "--test".into(), p(&t)];
+    cmp.extend(flags.iter().map(|f| f.to_string()));
+    let expected = json(&cmp);
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["comparison"], expected, "report.json's comparison against compare --json");
+    let methods = report["diagnostics"]["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 5);
+    assert_eq!(methods[4]["method"], "ours");
+    assert_eq!(methods[4]["nn_similarity"].as_array().unwrap().len(), 30);
+    assert_eq!(report["diagnostics"]["recovery_cosine"].as_array().unwrap().len(), 2);
+
+    // A second run into the same directory needs --overwrite.
+    let again = run(&args);
+    assert_ne!(again.code, Some(0));
+    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
+}
+
+#[test]
+fn sweep_resumes_from_the_run_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (s, t) = tiny_stores(d);
+    let out = d.join("sweep");
+    let args = [
+        "--threads", "2", "sweep", "--train", &p(&s), "--test", &p(&t), "--param", "depth", "--values", "1,2", "--out", &p(&out),
+        "--epochs", "2", "--batch", "16", "--k", "5,20",
+    ];
+    let first = ok(&args);
+    assert_eq!(first.stderr.matches("computing").count(), 2, "{}", first.stderr);
+    assert!(first.stdout.contains("best baseline"), "{}", first.stdout);
+    let (r1, r2) = (out.join("runs/depth=1.json"), out.join("runs/depth=2.json"));
+    let run1: Value = serde_json::from_slice(&std::fs::read(&r1).unwrap()).unwrap();
+    assert_eq!(run1["config"]["fit"]["depth"], 1);
+    let summary: Value = serde_json::from_slice(&std::fs::read(out.join("sweep.json")).unwrap()).unwrap();
+    assert_eq!(summary["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(summary["runs"][0]["ours_top1"], run1["comparison"]["knn_top1"]["ours"]);
+    assert!(std::fs::read_to_string(out.join("sweep.svg")).unwrap().contains("depth"));
+    assert_eq!(png_size(&std::fs::read(out.join("sweep.png")).unwrap()), (800, 460));
+
+    // Delete one run: only it is recomputed, the other file is untouched.
+    let mtime1 = std::fs::metadata(&r1).unwrap().modified().unwrap();
+    std::fs::remove_file(&r2).unwrap();
+    let second = ok(&args);
+    assert_eq!(second.stderr.matches("computing").count(), 1, "{}", second.stderr);
+    assert_eq!(second.stderr.matches("reused").count(), 1, "{}", second.stderr);
+    assert!(second.stderr.contains("depth=2 computing"), "{}", second.stderr);
+    assert_eq!(std::fs::metadata(&r1).unwrap().modified().unwrap(), mtime1);
+    assert!(r2.is_file());
+    assert_eq!(second.stdout, first.stdout, "same table after resuming");
+
+    // A run file made with other settings is not silently reused.
+    let mut other: Vec<&str> = args.to_vec();
+    other.extend(["--seed", "5"]);
+    let e = run(&other);
+    assert_ne!(e.code, Some(0));
+    assert!(e.stderr.contains("different config"), "{}", e.stderr);
+}
+
+#[test]
+fn report_page_renders_in_headless_chromium() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().map(|o| o.status.success()).unwrap_or(false))
+    else {
+        eprintln!("SKIP report_page_renders_in_headless_chromium: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (s, t) = tiny_stores(d);
+    let out = d.join("rep");
+    ok(&["report", "--train", &p(&s), "--test", &p(&t), "--out", &p(&out), "--epochs", "2", "--batch", "16", "--k", "5,20"]);
+    let shot = d.join("page.png");
+    let status = std::process::Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", p(&d.join("profile"))))
+        .arg("--window-size=1000,2400")
+        .arg(format!("--screenshot={}", p(&shot)))
+        .arg(format!("file://{}", p(&out.join("index.html"))))
+        .output()
+        .unwrap();
+    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot ({e}): {}", String::from_utf8_lossy(&status.stderr)));
+    assert_eq!(png_size(&png), (1000, 2400));
+    // A page of tables and four figures compresses far less than a blank one.
+    assert!(png.len() > 50_000, "screenshot of {} bytes looks blank", png.len());
+}

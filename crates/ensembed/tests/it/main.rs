@@ -10,4 +10,5 @@ mod knn;
 mod linear;
 mod model;
 mod pipeline;
+mod report;
 mod store;

@@ -1,0 +1,39 @@
+//! `ensembed report`: the comparison of `compare` and the diagnostics of `analyze` from one fit,
+//! written as a directory a person can open: `report.json` (every number), `fig/*.svg|png`
+//! (k-NN bars, singular-value spectra, NN-similarity histograms, loss curves) and `index.html`
+//! (one self-contained page with the tables and the SVGs inlined).
+
+use anyhow::{Context, Result};
+use ensembed::artifact::load_model_dir;
+use ensembed::compare::CompareConfig;
+use ensembed::report::{evaluate, report_figures, write_report};
+
+use super::{labels, open_store};
+use crate::args::ReportArgs;
+use crate::progress::Bars;
+
+pub fn run(a: ReportArgs, progress: &Bars) -> Result<()> {
+    let knn = a.knn.resolve()?;
+    let model = a.model.as_deref().map(load_model_dir).transpose()?;
+    // As in `compare`: a transferred model brings its own training settings unless flags override.
+    let fit = match &model {
+        Some((_, record)) => a.fit.resolve_from(&record.config)?,
+        None => a.fit.resolve()?,
+    };
+    let linear = a.linear.then(ensembed::eval::LinearConfig::default);
+    let cfg = CompareConfig { fit, knn, linear, ..CompareConfig::default() };
+    if a.out.exists() && !a.overwrite {
+        anyhow::bail!("{} already exists; pass --overwrite to replace it", a.out.display());
+    }
+    let train = open_store(&a.train, "--train")?;
+    let test = open_store(&a.test, "--test")?;
+    train.validate_values()?;
+    test.validate_values()?;
+    let (ytr, yte) = (labels(&train, "--train")?, labels(&test, "--test")?);
+    let report = evaluate(&train, ytr, &test, yte, model.as_ref().map(|(m, _)| m), &cfg, progress)?;
+    let figures = report_figures(&report).context("drawing the report's figures")?;
+    write_report(&a.out, &report, &figures, a.overwrite).with_context(|| format!("writing the report to {}", a.out.display()))?;
+    print!("{}", report.comparison.table());
+    println!("report written to {}", a.out.join("index.html").display());
+    Ok(())
+}
