@@ -48,6 +48,39 @@ pub enum Command {
     Report(ReportArgs),
     /// Run the comparison for several values of one fit parameter (resumable) and plot ours.
     Sweep(SweepArgs),
+    /// Cut a store into N stores of contiguous rows (to embed or extract on many machines).
+    Shard(ShardArgs),
+    /// Join stores with the same backbones into one, rows in the order given.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShardArgs {
+    /// Store to cut.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Number of shards.
+    #[arg(long)]
+    pub parts: usize,
+    /// Output directory: OUT/part-0000, OUT/part-0001, ...
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace existing shards.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Output store.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing output store.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Stores to join, in order.
+    #[arg(required = true)]
+    pub stores: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ mod fit;
 mod import;
 mod info;
 mod knn;
+mod shard;
 mod report;
 mod sweep;
 
@@ -30,6 +31,8 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Knn(a) => knn::run(a, progress),
         Command::Compare(a) => compare::run(a, progress),
         Command::Analyze(a) => analyze::run(a, progress),
+        Command::Shard(a) => shard::shard(a),
+        Command::Merge(a) => shard::merge(a),
         Command::Info(a) => info::run(a),
         Command::Report(a) => report::run(a, progress),
         Command::Sweep(a) => sweep::run(a, progress),

@@ -561,3 +561,38 @@ fn report_page_renders_in_headless_chromium() {
     // A page of tables and four figures compresses far less than a blank one.
     assert!(png.len() > 50_000, "screenshot of {} bytes looks blank", png.len());
 }
+
+#[test]
+fn sharded_lazy_embedding_equals_the_whole_store() {
+    // The distributed path without a cluster: shard a store, embed each shard separately (as
+    // independent jobs would), and the pieces are the embedding of the whole store.
+    use ensembed::artifact::read_representations;
+    let dir = tempfile::tempdir().unwrap();
+    let s = import_split(dir.path(), "train", train());
+    let t = import_split(dir.path(), "test", test());
+    let m = dir.path().join("m");
+    ok(&["fit", "--train", &p(&s), "--out", &p(&m), "--epochs", "2", "--bank", "lazy"]);
+    let whole = dir.path().join("whole.npy");
+    ok(&["embed", "--model", &p(&m), "--features", &p(&t), "--out", &p(&whole), "--epochs", "3"]);
+    let shards = dir.path().join("shards");
+    ok(&["shard", "--store", &p(&t), "--parts", "3", "--out", &p(&shards)]);
+    let mut rows = Vec::new();
+    for k in 0..3 {
+        let out = dir.path().join(format!("part{k}.npy"));
+        ok(&["embed", "--model", &p(&m), "--features", &p(&shards.join(format!("part-{k:04}"))), "--out", &p(&out), "--epochs", "3"]);
+        rows.extend(read_representations(&out).unwrap().data);
+    }
+    let whole = read_representations(&whole).unwrap();
+    assert_eq!(rows.len(), whole.data.len());
+    let diff = rows.iter().zip(&whole.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "sharded embedding differs by {diff}");
+    // And the shards merge back into the store.
+    let merged = dir.path().join("merged");
+    let parts: Vec<String> = (0..3).map(|k| p(&shards.join(format!("part-{k:04}")))).collect();
+    let mut args = vec!["merge".to_string(), "--out".into(), p(&merged)];
+    args.extend(parts);
+    ok(&args);
+    for f in ["manifest.json", "labels.safetensors"] {
+        assert!(std::fs::read(t.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(), "{f} differs after shard + merge");
+    }
+}
