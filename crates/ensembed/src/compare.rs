@@ -14,6 +14,7 @@ use crate::eval::linear::{evaluate_linear, LinearConfig, LinearReport};
 use crate::features::{backbone_matrix, FeatureSet};
 use crate::fit::{fit, EpochStats};
 use crate::model::EnsembleModel;
+use crate::matrix::Matrix;
 use crate::progress::Progress;
 
 /// Settings of a comparison.
@@ -58,6 +59,21 @@ pub struct Comparison {
     pub config: CompareConfig,
 }
 
+/// Sees what a comparison computes while it is in memory, so that callers wanting more than
+/// the scores (the report's diagnostics) need not fit a second time.
+pub trait CompareObserver {
+    /// The train and test matrices a method was scored on (rows unit-norm).
+    fn method(&mut self, _name: &str, _train: &Matrix, _test: &Matrix) -> Result<()> {
+        Ok(())
+    }
+    /// The model and the learned representations (before normalisation) of train and test.
+    fn learned(&mut self, _model: &EnsembleModel, _train: &Matrix, _test: &Matrix) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl CompareObserver for () {}
+
 /// Runs the comparison. With `model`, its MLPs are used as they are (the paper's transfer
 /// setting) and the training representations are learned through them like the test ones.
 pub fn compare(
@@ -69,6 +85,21 @@ pub fn compare(
     cfg: &CompareConfig,
     progress: &dyn Progress,
 ) -> Result<Comparison> {
+    compare_observed(train, train_labels, test, test_labels, model, cfg, progress, &mut ())
+}
+
+/// [`compare`], showing `observer` every matrix it scores and what it learns.
+#[allow(clippy::too_many_arguments)]
+pub fn compare_observed(
+    train: &dyn FeatureSet,
+    train_labels: &[u32],
+    test: &dyn FeatureSet,
+    test_labels: &[u32],
+    model: Option<&EnsembleModel>,
+    cfg: &CompareConfig,
+    progress: &dyn Progress,
+    observer: &mut dyn CompareObserver,
+) -> Result<Comparison> {
     if train.names() != test.names() || train.dims() != test.dims() {
         return Err(Error::shape(
             "backbones of the test set against the train set",
@@ -76,26 +107,27 @@ pub fn compare(
             format!("{:?} {:?}", test.names(), test.dims()),
         ));
     }
-    let score = |name: String, a: &crate::Matrix, b: &crate::Matrix| -> Result<MethodResult> {
+    let score = |name: String, a: &Matrix, b: &Matrix, observer: &mut dyn CompareObserver| -> Result<MethodResult> {
         let knn = evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress)?;
         let linear = match &cfg.linear {
             Some(l) => Some(evaluate_linear(a, train_labels, b, test_labels, l, progress)?),
             None => None,
         };
+        observer.method(&name, a, b)?;
         Ok(MethodResult { name, dim: a.cols, knn, linear })
     };
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
     for (j, name) in train.names().into_iter().enumerate() {
         let (a, b) = (backbone_matrix(train, j), backbone_matrix(test, j));
-        methods.push(score(name, &a, &b)?);
+        methods.push(score(name, &a, &b, observer)?);
     }
     match (baseline::average(train), baseline::average(test)) {
-        (Ok(a), Ok(b)) => methods.push(score("average".into(), &a, &b)?),
+        (Ok(a), Ok(b)) => methods.push(score("average".into(), &a, &b, observer)?),
         (Err(e), _) | (_, Err(e)) => skipped.push(("average".into(), e.to_string())),
     }
     let (a, b) = (baseline::concat(train), baseline::concat(test));
-    methods.push(score("concat".into(), &a, &b)?);
+    methods.push(score("concat".into(), &a, &b, observer)?);
     drop((a, b));
 
     let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(&cfg.fit));
@@ -116,9 +148,10 @@ pub fn compare(
     };
     let test_out = embed(model, test, &embed_cfg, progress)?;
     let (mut a, mut b) = (train_repr, test_out.representations);
+    observer.learned(model, &a, &b)?;
     a.normalize_rows();
     b.normalize_rows();
-    methods.push(score("ours".into(), &a, &b)?);
+    methods.push(score("ours".into(), &a, &b, observer)?);
     Ok(Comparison { methods, skipped, fit_history, embed_history: test_out.history, config: cfg.clone() })
 }
 

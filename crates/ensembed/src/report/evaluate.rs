@@ -1,23 +1,16 @@
-//! One pass that yields both the paper's comparison and its diagnostics. `compare()` drops the
-//! fitted model and the representations it scored, and `analyze` needs exactly those; fitting
-//! twice would double the cost of `ensembed report`. So this mirrors `compare()` step for step
-//! (same calls, same order, same seeds, hence the same numbers — a test checks it against
-//! `compare --json`) and computes, for every method's matrices while they are in memory, the
-//! singular values and normalised nearest-neighbour similarities, plus the recovery cosine.
+//! One pass that yields both the paper's comparison and its diagnostics: `compare_observed`
+//! shows every matrix it scores and the model it learns, and this computes, while they are in
+//! memory, each method's singular values and normalised nearest-neighbour similarities plus the
+//! recovery cosine, so `ensembed report` fits once (a test checks its numbers against
+//! `compare --json`).
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::analysis::{normalized_nn_similarity, recovery_cosine, singular_values};
-use crate::baseline;
-use crate::compare::{CompareConfig, Comparison, MethodResult};
-use crate::config::EmbedConfig;
-use crate::embed::embed;
-use crate::error::{Error, Result};
-use crate::eval::knn::evaluate_knn;
-use crate::eval::linear::evaluate_linear;
-use crate::features::{backbone_matrix, FeatureSet};
-use crate::fit::fit;
+use crate::compare::{compare_observed, CompareConfig, CompareObserver, Comparison};
+use crate::error::Result;
+use crate::features::FeatureSet;
 use crate::matrix::Matrix;
 use crate::model::EnsembleModel;
 use crate::progress::Progress;
@@ -95,6 +88,34 @@ fn diagnose(name: &str, train: &Matrix, test: &Matrix, progress: &dyn Progress) 
     })
 }
 
+/// Collects the diagnostics while [`compare_observed`] runs.
+struct Collector<'a> {
+    train: &'a dyn FeatureSet,
+    test: &'a dyn FeatureSet,
+    progress: &'a dyn Progress,
+    methods: Vec<MethodDiagnostics>,
+    recovery: Vec<RecoveryRow>,
+}
+
+impl CompareObserver for Collector<'_> {
+    fn method(&mut self, name: &str, train: &Matrix, test: &Matrix) -> Result<()> {
+        self.methods.push(diagnose(name, train, test, self.progress)?);
+        Ok(())
+    }
+    fn learned(&mut self, model: &EnsembleModel, train: &Matrix, test: &Matrix) -> Result<()> {
+        let rec_train = recovery_cosine(model, self.train, train)?;
+        let rec_test = recovery_cosine(model, self.test, test)?;
+        self.recovery = self
+            .train
+            .names()
+            .into_iter()
+            .enumerate()
+            .map(|(j, backbone)| RecoveryRow { backbone, train: rec_train[j], test: rec_test[j] })
+            .collect();
+        Ok(())
+    }
+}
+
 /// `compare()` plus the diagnostics of `analyze`, fitting (or embedding through `model`) once.
 ///
 /// # Shapes
@@ -108,68 +129,7 @@ pub fn evaluate(
     cfg: &CompareConfig,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    if train.names() != test.names() || train.dims() != test.dims() {
-        return Err(Error::shape(
-            "backbones of the test set against the train set",
-            format!("{:?} {:?}", train.names(), train.dims()),
-            format!("{:?} {:?}", test.names(), test.dims()),
-        ));
-    }
-    let mut diag = Vec::new();
-    let mut score = |name: String, a: &Matrix, b: &Matrix| -> Result<MethodResult> {
-        let knn = evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress)?;
-        let linear = match &cfg.linear {
-            Some(l) => Some(evaluate_linear(a, train_labels, b, test_labels, l, progress)?),
-            None => None,
-        };
-        diag.push(diagnose(&name, a, b, progress)?);
-        Ok(MethodResult { name, dim: a.cols, knn, linear })
-    };
-    let mut methods = Vec::new();
-    let mut skipped = Vec::new();
-    let names = train.names();
-    for (j, name) in names.iter().enumerate() {
-        let (a, b) = (backbone_matrix(train, j), backbone_matrix(test, j));
-        methods.push(score(name.clone(), &a, &b)?);
-    }
-    match (baseline::average(train), baseline::average(test)) {
-        (Ok(a), Ok(b)) => methods.push(score("average".into(), &a, &b)?),
-        (Err(e), _) | (_, Err(e)) => skipped.push(("average".into(), e.to_string())),
-    }
-    let (a, b) = (baseline::concat(train), baseline::concat(test));
-    methods.push(score("concat".into(), &a, &b)?);
-    drop((a, b));
-
-    let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(&cfg.fit));
-    let (train_repr, fit_history, model_owned);
-    let model = match model {
-        Some(m) => {
-            train_repr = embed(m, train, &embed_cfg, progress)?.representations;
-            fit_history = Vec::new();
-            m
-        }
-        None => {
-            let out = fit(train, &cfg.fit, progress)?;
-            train_repr = out.representations;
-            fit_history = out.history;
-            model_owned = out.model;
-            &model_owned
-        }
-    };
-    let test_out = embed(model, test, &embed_cfg, progress)?;
-    let rec_train = recovery_cosine(model, train, &train_repr)?;
-    let rec_test = recovery_cosine(model, test, &test_out.representations)?;
-    let (mut a, mut b) = (train_repr, test_out.representations);
-    a.normalize_rows();
-    b.normalize_rows();
-    methods.push(score("ours".into(), &a, &b)?);
-    let recovery = names
-        .iter()
-        .enumerate()
-        .map(|(j, n)| RecoveryRow { backbone: n.clone(), train: rec_train[j], test: rec_test[j] })
-        .collect();
-    Ok(Report {
-        comparison: Comparison { methods, skipped, fit_history, embed_history: test_out.history, config: cfg.clone() },
-        diagnostics: Diagnostics { recovery_cosine: recovery, methods: diag },
-    })
+    let mut c = Collector { train, test, progress, methods: Vec::new(), recovery: Vec::new() };
+    let comparison = compare_observed(train, train_labels, test, test_labels, model, cfg, progress, &mut c)?;
+    Ok(Report { comparison, diagnostics: Diagnostics { recovery_cosine: c.recovery, methods: c.methods } })
 }
