@@ -17,6 +17,7 @@
 
 pub mod analysis;
 pub mod artifact;
+pub mod backbone;
 pub mod baseline;
 pub mod checkpoint;
 pub mod compare;

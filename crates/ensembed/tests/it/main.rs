@@ -5,6 +5,7 @@
 mod helpers;
 
 mod analysis;
+mod backbone;
 mod fuzz;
 mod knn;
 mod linear;
