@@ -52,6 +52,42 @@ pub enum Command {
     Shard(ShardArgs),
     /// Join stores with the same backbones into one, rows in the order given.
     Merge(MergeArgs),
+    /// Extract pooled features of an image folder through quantised TFLite backbones.
+    Extract(ExtractArgs),
+    /// Top-5 classes of images through a backbone's classifier head (checks a model loads right).
+    Classify(ClassifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// NAME=FILE.tflite, or FILE.tflite (named after the file). Repeat.
+    #[arg(long = "backbone", required = true, value_name = "[NAME=]FILE")]
+    pub backbones: Vec<String>,
+    /// Image folder: DIR/<class>/<image> (sorted class folders give the labels).
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Output store.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Replace an existing store.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// The .tflite model (with a classifier head).
+    #[arg(long)]
+    pub backbone: PathBuf,
+    /// Class names, one per line (index 0 first), e.g. imagenet_labels.txt.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Images to classify.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -1,6 +1,7 @@
 //! One file per command; each takes its parsed flags and the progress sink.
 
 mod analyze;
+mod backbone;
 mod compare;
 mod demo;
 mod embed;
@@ -33,6 +34,8 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Analyze(a) => analyze::run(a, progress),
         Command::Shard(a) => shard::shard(a),
         Command::Merge(a) => shard::merge(a),
+        Command::Extract(a) => backbone::extract(a, progress),
+        Command::Classify(a) => backbone::classify(a),
         Command::Info(a) => info::run(a),
         Command::Report(a) => report::run(a, progress),
         Command::Sweep(a) => sweep::run(a, progress),

@@ -596,3 +596,62 @@ fn sharded_lazy_embedding_equals_the_whole_store() {
         assert!(std::fs::read(t.join(f)).unwrap() == std::fs::read(merged.join(f)).unwrap(), "{f} differs after shard + merge");
     }
 }
+
+// ---- backbones -------------------------------------------------------------------------------
+
+/// `../shared` beside the repository, or a visible SKIP.
+fn shared(test: &str) -> Option<std::path::PathBuf> {
+    let p = repo_root().join("../shared");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP {test}: ../shared is not present beside the repository (it is in CI)");
+        None
+    }
+}
+
+#[test]
+fn classify_gives_the_known_answers() {
+    let Some(sh) = shared("classify_gives_the_known_answers") else { return };
+    let c = sh.join("data/models/coral");
+    let out = ok(&[
+        "classify".to_string(),
+        "--backbone".into(),
+        p(&c.join("mobilenet_v2_1.0_224_quant.tflite")),
+        "--labels".into(),
+        p(&c.join("imagenet_labels.txt")),
+        p(&c.join("cat.bmp")),
+        p(&c.join("hot_dog.jpg")),
+    ]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(lines[1].contains("Egyptian cat"), "{}", out.stdout);
+    assert!(lines[7].contains("hotdog"), "{}", out.stdout);
+}
+
+#[test]
+fn extract_reproduces_the_shipped_demo_features() {
+    // The demo features were made by tflite-runtime; extraction in Rust gives the same f16 rows.
+    let Some(sh) = shared("extract_reproduces_the_shipped_demo_features") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    let ids: Vec<String> = std::fs::read_to_string(repo_root().join("data/demo/train_ids.txt")).unwrap().lines().map(str::to_string).collect();
+    // The first two images of every class (ids are `train/<class>/NNNN.jpg`, 100 per class).
+    let picked: Vec<usize> = (0..10).flat_map(|c| [c * 100, c * 100 + 1]).collect();
+    for &i in &picked {
+        let dst = images.join(ids[i].trim_start_matches("train/"));
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(sh.join("data/cifar10").join(&ids[i]), &dst).unwrap();
+    }
+    let store = dir.path().join("s");
+    let model = sh.join("data/models/coral/mobilenet_v2_1.0_224_quant.tflite");
+    ok(&["extract".to_string(), "--backbone".into(), format!("mnv2-imagenet={}", p(&model)), "--images".into(), p(&images), "--out".into(), p(&store)]);
+    let s = ensembed::store::Store::open(&store).unwrap();
+    assert_eq!(s.len(), 20);
+    let want = &train().mats[0]; // mnv2-imagenet, archive order
+    let mut row = vec![0.0f32; 1280];
+    for (r, &i) in picked.iter().enumerate() {
+        s.read_row(0, r, &mut row);
+        assert_eq!(&row[..], &want.data[i * 1280..(i + 1) * 1280], "row of {}", ids[i]);
+    }
+    assert_eq!(s.labels().unwrap()[..4], [0, 0, 1, 1]);
+}
