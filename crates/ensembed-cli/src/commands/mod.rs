@@ -17,6 +17,9 @@ mod sweep;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use ensembed::artifact::{load_model_dir, FitRecord};
+use ensembed::compare::CompareConfig;
+use ensembed::model::EnsembleModel;
 use ensembed::store::Store;
 
 use crate::args::Command;
@@ -40,6 +43,24 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Report(a) => report::run(a, progress),
         Command::Sweep(a) => sweep::run(a, progress),
     }
+}
+
+/// The settings of `compare` and `report`, and the transferred model when `--model` is given:
+/// the flags over METHOD.md's defaults, or over that model's own training settings.
+fn comparison_config(
+    fit: &crate::args::FitArgs,
+    knn: &crate::args::KnnArgs,
+    linear: bool,
+    model: Option<&Path>,
+) -> Result<(CompareConfig, Option<(EnsembleModel, FitRecord)>)> {
+    let knn = knn.resolve()?;
+    let model = model.map(load_model_dir).transpose()?;
+    let fit = match &model {
+        Some((_, record)) => fit.resolve_from(&record.config)?,
+        None => fit.resolve()?,
+    };
+    let linear = linear.then(ensembed::eval::LinearConfig::default);
+    Ok((CompareConfig { fit, knn, linear, ..CompareConfig::default() }, model))
 }
 
 /// Opens a store, saying which flag named it.

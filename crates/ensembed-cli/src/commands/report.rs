@@ -4,24 +4,14 @@
 //! (one self-contained page with the tables and the SVGs inlined).
 
 use anyhow::{Context, Result};
-use ensembed::artifact::load_model_dir;
-use ensembed::compare::CompareConfig;
 use ensembed::report::{evaluate, report_figures, write_report};
 
-use super::{labels, open_store};
+use super::{comparison_config, labels, open_store};
 use crate::args::ReportArgs;
 use crate::progress::Bars;
 
 pub fn run(a: ReportArgs, progress: &Bars) -> Result<()> {
-    let knn = a.knn.resolve()?;
-    let model = a.model.as_deref().map(load_model_dir).transpose()?;
-    // As in `compare`: a transferred model brings its own training settings unless flags override.
-    let fit = match &model {
-        Some((_, record)) => a.fit.resolve_from(&record.config)?,
-        None => a.fit.resolve()?,
-    };
-    let linear = a.linear.then(ensembed::eval::LinearConfig::default);
-    let cfg = CompareConfig { fit, knn, linear, ..CompareConfig::default() };
+    let (cfg, model) = comparison_config(&a.fit, &a.knn, a.linear, a.model.as_deref())?;
     if a.out.exists() && !a.overwrite {
         anyhow::bail!("{} already exists; pass --overwrite to replace it", a.out.display());
     }
