@@ -10,7 +10,7 @@
 //! The format is small: the magic `\x93NUMPY`, a version byte pair, a little-endian header
 //! length, and a Python-literal dict with `descr`, `fortran_order` and `shape`.
 
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
 
 use half::f16;
@@ -690,24 +690,12 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<(
         )
     })?;
 
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    crate::fsio::write_atomic_with(path, |f| {
         f.write_all(MAGIC)?;
         f.write_all(&[1, 0])?;
         f.write_all(&hlen.to_le_bytes())?;
         f.write_all(header.as_bytes())?;
-        f.write_all(data)?;
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+        f.write_all(data)
     })
 }
 
