@@ -5,7 +5,6 @@
 //! looks complete.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype as StDtype, TensorView};
@@ -50,10 +49,7 @@ pub fn save_model_dir(dir: &Path, out: &FitOutput, cfg: &FitConfig, train: Optio
     if dir.exists() && !overwrite {
         return Err(Error::io(dir, std::io::Error::new(std::io::ErrorKind::AlreadyExists, "already exists (pass --overwrite to replace it)")));
     }
-    let tmp = fsio::temp_path(dir);
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = (|| {
+    fsio::write_dir_atomic(dir, |tmp| {
         out.model.save(&tmp.join(WEIGHTS_FILE))?;
         write_representations(&tmp.join(TRAIN_REPR_FILE), &out.representations)?;
         let record = FitRecord {
@@ -67,16 +63,8 @@ pub fn save_model_dir(dir: &Path, out: &FitOutput, cfg: &FitConfig, train: Optio
             threads: rayon::current_num_threads(),
         };
         let json = serde_json::to_vec_pretty(&record).expect("record serialises");
-        fsio::write_atomic(&tmp.join(CONFIG_FILE), &json)?;
-        if dir.exists() {
-            fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
+        fsio::write_atomic(&tmp.join(CONFIG_FILE), &json)
+    })
 }
 
 /// Reads the model and its record from a model directory.

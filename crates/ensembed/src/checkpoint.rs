@@ -6,7 +6,6 @@
 //! checkpoint (or none) intact.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::Path;
 
 use rand_chacha::ChaCha8Rng;
@@ -44,10 +43,7 @@ struct Meta {
 
 /// Writes `state` (fitted with `cfg`) to the checkpoint directory `dir`, replacing any older one.
 pub fn save_checkpoint(dir: &Path, state: &FitState, cfg: &FitConfig) -> Result<()> {
-    let tmp = fsio::temp_path(dir);
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let result = (|| {
+    fsio::write_dir_atomic(dir, |tmp| {
         state.model.save(&tmp.join(MODEL_FILE))?;
         let mut tensors: Vec<(String, StDtype, Vec<usize>, &[u8])> = Vec::new();
         for (j, layers) in state.adams.iter().enumerate() {
@@ -87,20 +83,8 @@ pub fn save_checkpoint(dir: &Path, state: &FitState, cfg: &FitConfig) -> Result<
             history: state.history.clone(),
         };
         fsio::write_atomic(&tmp.join(META_FILE), &serde_json::to_vec_pretty(&meta).expect("meta serialises"))?;
-        // Swap in: a kill between the two renames leaves `old` complete and this one complete.
-        let old = dir.with_file_name(format!(".{}.old", dir.file_name().unwrap_or_default().to_string_lossy()));
-        let _ = fs::remove_dir_all(&old);
-        if dir.exists() {
-            fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-        }
-        fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-        let _ = fs::remove_dir_all(&old);
         Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    result
+    })
 }
 
 /// Reads the checkpoint in `dir` back, checking that it was made with `cfg` on features shaped

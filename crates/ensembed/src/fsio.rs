@@ -39,6 +39,31 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&mut dyn Write) -> std:
     Ok(())
 }
 
+/// Builds the directory `dir` atomically: `fill` writes its files into a temporary sibling,
+/// which then replaces `dir`. An older `dir` is first moved aside and removed only after the
+/// swap, so a kill at any moment leaves a complete old or a complete new directory; on an error
+/// the temporary one is removed.
+pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = temp_path(dir);
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = fill(&tmp).and_then(|()| {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let old = dir.with_file_name(format!(".{name}.old"));
+        let _ = fs::remove_dir_all(&old);
+        if dir.exists() {
+            fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+        }
+        fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 /// Reads a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| Error::io(path, e))
