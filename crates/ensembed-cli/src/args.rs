@@ -52,6 +52,8 @@ pub enum Command {
     Shard(ShardArgs),
     /// Join stores with the same backbones into one, rows in the order given.
     Merge(MergeArgs),
+    /// A smaller store: some backbones and/or the first N rows of every class.
+    Subset(SubsetArgs),
     /// Extract pooled features of an image folder through quantised TFLite backbones.
     Extract(ExtractArgs),
     /// Top-5 classes of images through a backbone's classifier head (checks a model loads right).
@@ -117,6 +119,25 @@ pub struct MergeArgs {
     /// Stores to join, in order.
     #[arg(required = true)]
     pub stores: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct SubsetArgs {
+    /// Store to take from.
+    #[arg(long)]
+    pub store: PathBuf,
+    /// Output store.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Backbones to keep, comma-separated, in this order [default: all].
+    #[arg(long, value_delimiter = ',')]
+    pub backbones: Vec<String>,
+    /// Keep the first N rows (in store order) of every class [default: all rows].
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Replace an existing output store.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Args, Debug)]

@@ -37,6 +37,7 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Analyze(a) => analyze::run(a, progress),
         Command::Shard(a) => shard::shard(a),
         Command::Merge(a) => shard::merge(a),
+        Command::Subset(a) => shard::subset(a),
         Command::Extract(a) => backbone::extract(a, progress),
         Command::Classify(a) => backbone::classify(a),
         Command::Info(a) => info::run(a),

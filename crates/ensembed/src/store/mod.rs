@@ -34,7 +34,7 @@ use crate::matrix::{normalize, Matrix};
 
 pub use import::import_numpy;
 pub use manifest::{check_backbone_name, BackboneEntry, Dtype, Manifest, MANIFEST_FILE};
-pub use shard::{merge_stores, shard_store};
+pub use shard::{merge_stores, shard_store, subset_store, Subset};
 pub use writer::StoreWriter;
 
 use manifest::{FEATURES_TENSOR, LABELS_TENSOR};

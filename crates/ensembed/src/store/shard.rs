@@ -1,7 +1,8 @@
 //! Sharding and merging stores: the part of running ensembed on data that outgrows one machine
 //! which needs no cluster. `embed` with the `lazy` bank is independent per sample, so a big
 //! store can be cut into shards, each shard embedded on any machine of a batch scheduler, and
-//! the pieces put back together; `merge` also joins stores extracted in parallel. Rows keep
+//! the pieces put back together; `merge` also joins stores extracted in parallel; `subset`
+//! keeps some backbones or the first rows of each class, for experiments at a reduced scale. Rows keep
 //! their dtype (f16 stays f16) and their labels and ids travel with them.
 
 use std::path::{Path, PathBuf};
@@ -12,16 +13,18 @@ use super::{Dtype, Store, StoreWriter};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 
-/// Writes the rows `range` of every backbone (and their labels and ids) of `src` as a new store.
-fn write_rows(srcs: &[(&Store, std::ops::Range<usize>)], out: &Path, overwrite: bool) -> Result<PathBuf> {
+/// Writes the given rows of the chosen backbones (indices into `srcs[0].backbones()`) of each
+/// source, in order, with their labels and ids, as a new store at `out`.
+fn write_rows(srcs: &[(&Store, Vec<usize>)], backbones: &[usize], out: &Path, overwrite: bool) -> Result<PathBuf> {
     let first = srcs[0].0;
     let n: usize = srcs.iter().map(|(_, r)| r.len()).sum();
     let mut w = StoreWriter::create(out, n, overwrite)?;
-    for (j, b) in first.backbones().iter().enumerate() {
+    for &j in backbones {
+        let b = &first.backbones()[j];
         let row_bytes = b.dim * b.dtype.size();
         let mut bytes = Vec::with_capacity(n * row_bytes);
-        for (s, range) in srcs {
-            for i in range.clone() {
+        for (s, rows) in srcs {
+            for &i in rows {
                 bytes.extend_from_slice(s.row_bytes(j, i));
             }
         }
@@ -37,13 +40,64 @@ fn write_rows(srcs: &[(&Store, std::ops::Range<usize>)], out: &Path, overwrite: 
         }
     }
     if first.labels().is_some() {
-        let labels: Vec<i64> = srcs.iter().flat_map(|(s, r)| s.labels().unwrap()[r.clone()].iter().map(|&l| l as i64)).collect();
+        let labels: Vec<i64> = srcs.iter().flat_map(|(s, r)| r.iter().map(|&i| s.labels().unwrap()[i] as i64)).collect();
         w.set_labels(&labels, first.classes().map(<[String]>::to_vec))?;
     }
     if first.ids().is_some() {
-        w.set_ids(srcs.iter().flat_map(|(s, r)| s.ids().unwrap()[r.clone()].iter().cloned()).collect())?;
+        w.set_ids(srcs.iter().flat_map(|(s, r)| r.iter().map(|&i| s.ids().unwrap()[i].clone())).collect())?;
     }
     w.finish()
+}
+
+/// What [`subset_store`] keeps.
+#[derive(Clone, Debug, Default)]
+pub struct Subset {
+    /// Backbones to keep, by name, in this order (all when empty).
+    pub backbones: Vec<String>,
+    /// Keep the first this many rows (in store order) of every class (all rows when `None`).
+    /// Taking the first rather than a random draw makes the sample reproducible from the
+    /// image folder alone (the demo sample is the first files of each class, sorted by name).
+    pub per_class: Option<usize>,
+}
+
+/// Writes a smaller store: some of the backbones and/or the first `per_class` rows of every
+/// class of `src`, rows in their original order. For experiments at a reduced scale and for
+/// single-backbone or sub-ensemble runs on one extracted store.
+pub fn subset_store(src: &Store, subset: &Subset, out: &Path, overwrite: bool) -> Result<PathBuf> {
+    let names: Vec<&str> = src.backbones().iter().map(|b| b.name.as_str()).collect();
+    let backbones: Vec<usize> = if subset.backbones.is_empty() {
+        (0..names.len()).collect()
+    } else {
+        let mut picked = Vec::new();
+        for want in &subset.backbones {
+            let j = names.iter().position(|n| n == want).ok_or_else(|| {
+                Error::config("backbones", want, format!("{} has no such backbone (it has {})", src.root().display(), names.join(", ")))
+            })?;
+            if picked.contains(&j) {
+                return Err(Error::config("backbones", want, "is named twice"));
+            }
+            picked.push(j);
+        }
+        picked
+    };
+    let rows: Vec<usize> = match subset.per_class {
+        None => (0..src.len()).collect(),
+        Some(0) => return Err(Error::config("per_class", 0, "must be at least 1")),
+        Some(k) => {
+            let labels = src.labels().ok_or_else(|| {
+                Error::config("per_class", k, format!("needs labels, and {} has none", src.root().display()))
+            })?;
+            let mut taken = std::collections::HashMap::<u32, usize>::new();
+            (0..src.len())
+                .filter(|&i| {
+                    let t = taken.entry(labels[i]).or_insert(0);
+                    *t += 1;
+                    *t <= k
+                })
+                .collect()
+        }
+    };
+    write_rows(&[(src, rows)], &backbones, out, overwrite)
 }
 
 /// Cuts `src` into `parts` stores of contiguous rows, `out/part-0000`, `out/part-0001`, ...
@@ -56,8 +110,9 @@ pub fn shard_store(src: &Store, parts: usize, out: &Path, overwrite: bool) -> Re
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     (0..parts)
         .map(|p| {
-            let range = p * n / parts..(p + 1) * n / parts;
-            write_rows(&[(src, range)], &out.join(format!("part-{p:04}")), overwrite)
+            let rows = (p * n / parts..(p + 1) * n / parts).collect();
+            let all: Vec<usize> = (0..src.backbones().len()).collect();
+            write_rows(&[(src, rows)], &all, &out.join(format!("part-{p:04}")), overwrite)
         })
         .collect()
 }
@@ -80,6 +135,7 @@ pub fn merge_stores(srcs: &[Store], out: &Path, overwrite: bool) -> Result<PathB
             return Err(Error::shape(format!("class names of {} against {}", s.root().display(), first.root().display()), format!("{:?}", first.classes()), format!("{:?}", s.classes())));
         }
     }
-    let ranges: Vec<(&Store, std::ops::Range<usize>)> = srcs.iter().map(|s| (s, 0..s.len())).collect();
-    write_rows(&ranges, out, overwrite)
+    let rows: Vec<(&Store, Vec<usize>)> = srcs.iter().map(|s| (s, (0..s.len()).collect())).collect();
+    let all: Vec<usize> = (0..first.backbones().len()).collect();
+    write_rows(&rows, &all, out, overwrite)
 }

@@ -818,3 +818,39 @@ fn shards_merge_back_into_the_same_store() {
     assert!(!dir.path().join("bad").exists());
     let (_, _) = failure(shard_store(&store, 24, &dir.path().join("too-many"), false), &["parts", "24", "23"]);
 }
+
+#[test]
+fn subset_keeps_named_backbones_and_the_first_rows_of_each_class() {
+    use ensembed::store::{subset_store, Subset};
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rng(22);
+    let n = 10;
+    let a = random_matrix(&mut r, n, 5);
+    let b = random_matrix(&mut r, n, 3);
+    let src = dir.path().join("src");
+    let mut w = StoreWriter::create(&src, n, false).unwrap();
+    w.add_backbone_f32("a", &a, Dtype::F32).unwrap();
+    w.add_backbone_f32("b", &b, Dtype::F32).unwrap();
+    // Labels 0 1 0 2 0 1 1 0 2 2: the first two of each class are rows 0 2 | 1 5 | 3 8.
+    let labels = [0i64, 1, 0, 2, 0, 1, 1, 0, 2, 2];
+    w.set_labels(&labels, None).unwrap();
+    w.set_ids((0..n).map(|i| format!("{i}.jpg")).collect()).unwrap();
+    let store = Store::open(&w.finish().unwrap()).unwrap();
+    let subset = Subset { backbones: vec!["b".into()], per_class: Some(2) };
+    let out = Store::open(&subset_store(&store, &subset, &dir.path().join("sub"), false).unwrap()).unwrap();
+    let rows = [0usize, 1, 2, 3, 5, 8];
+    assert_eq!(out.ids().unwrap(), rows.map(|i| format!("{i}.jpg")));
+    assert_eq!(out.labels().unwrap(), rows.map(|i| labels[i] as u32));
+    assert_eq!(out.backbones().len(), 1);
+    let mut got = vec![0.0; 3];
+    for (k, &i) in rows.iter().enumerate() {
+        out.read_row(0, k, &mut got);
+        assert_eq!(got, b.row(i));
+    }
+    // Bad selections name the value and what exists; nothing is written.
+    let bad = Subset { backbones: vec!["c".into()], per_class: None };
+    let (_, msg) = failure(subset_store(&store, &bad, &dir.path().join("bad"), false), &["c", "a, b"]);
+    assert!(!dir.path().join("bad").exists(), "{msg}");
+    let zero = Subset { backbones: vec![], per_class: Some(0) };
+    failure(subset_store(&store, &zero, &dir.path().join("bad"), false), &["per_class", "0"]);
+}
