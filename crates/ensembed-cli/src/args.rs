@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig, FitOverrides};
+use ensembed::config::{BankMode, BiasInit, EmbedConfig, FitConfig, FitOverrides, Preset};
 use ensembed::eval::knn::{KnnConfig, Vote};
 
 /// Learn one nearest-neighbour representation per image from an ensemble of pretrained backbones.
@@ -242,6 +242,10 @@ pub struct FitCmdArgs {
 /// Training flags; each defaults to METHOD.md.
 #[derive(Args, Debug, Default, Clone)]
 pub struct FitArgs {
+    /// Named defaults the other flags start from: `paper` is METHOD.md exactly, `ensembed` our
+    /// tuned settings (README, "Results") [default: paper].
+    #[arg(long, value_enum)]
+    pub preset: Option<PresetArg>,
     /// Passes over the training set [default: 50].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -284,6 +288,21 @@ pub struct FitArgs {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum PresetArg {
+    Paper,
+    Ensembed,
+}
+
+impl From<PresetArg> for Preset {
+    fn from(p: PresetArg) -> Self {
+        match p {
+            PresetArg::Paper => Preset::Paper,
+            PresetArg::Ensembed => Preset::Ensembed,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BankArg {
     Dense,
     Lazy,
@@ -305,13 +324,22 @@ impl From<BankArg> for BankMode {
 }
 
 impl FitArgs {
-    /// The training config: flags over METHOD.md's defaults, validated.
+    /// The training config: flags over the named preset (or the default one), validated.
     pub fn resolve(&self) -> Result<FitConfig> {
-        self.resolve_from(&FitConfig::default())
+        self.resolve_from(&Preset::DEFAULT.config())
     }
 
-    /// The training config: flags over `base`, validated.
+    /// The training config: flags over `base` (over the preset instead, when one is named),
+    /// validated.
     pub fn resolve_from(&self, base: &FitConfig) -> Result<FitConfig> {
+        let preset_config;
+        let base = match self.preset {
+            Some(p) => {
+                preset_config = Preset::from(p).config();
+                &preset_config
+            }
+            None => base,
+        };
         let overrides = FitOverrides {
             epochs: self.epochs,
             batch: self.batch,

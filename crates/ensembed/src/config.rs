@@ -27,6 +27,34 @@ pub enum BiasInit {
     Zero,
 }
 
+/// A named set of fit defaults. `Paper` is METHOD.md exactly (what [`FitConfig::default`]
+/// returns); `Ensembed` changes the knobs that the full-scale CIFAR-10 measurements in the
+/// README found to help. Flags given on top of a preset override it field by field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Paper,
+    Ensembed,
+}
+
+impl Preset {
+    /// The preset used when none is named.
+    pub const DEFAULT: Preset = Preset::Paper;
+
+    /// The fit settings of this preset.
+    pub fn config(self) -> FitConfig {
+        match self {
+            Preset::Paper => FitConfig::default(),
+            Preset::Ensembed => FitConfig {
+                lr: 1e-3,
+                bank: BankMode::Lazy,
+                last_bias: BiasInit::Zero,
+                ..FitConfig::default()
+            },
+        }
+    }
+}
+
 /// Settings of `fit`. Defaults: METHOD.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

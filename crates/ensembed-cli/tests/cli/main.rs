@@ -655,3 +655,32 @@ fn extract_reproduces_the_shipped_demo_features() {
     }
     assert_eq!(s.labels().unwrap()[..4], [0, 0, 1, 1]);
 }
+
+#[test]
+fn presets_give_the_fit_defaults_and_flags_override_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = import_split(d, "train", train());
+    let config_of = |name: &str, extra: &[&str]| -> Value {
+        let m = d.join(name);
+        let mut args = vec!["fit", "--train", &p(&s), "--out", &p(&m), "--epochs", "1", "-q"].into_iter().map(String::from).collect::<Vec<_>>();
+        args.extend(extra.iter().map(|x| x.to_string()));
+        ok(&args);
+        let record: Value = serde_json::from_slice(&std::fs::read(m.join("fit.json")).unwrap()).unwrap();
+        record["config"].clone()
+    };
+    // No preset is the paper's protocol (METHOD.md), the same as naming it.
+    let none = config_of("none", &[]);
+    assert_eq!(none, config_of("paper", &["--preset", "paper"]));
+    assert_eq!((none["bank"].as_str(), none["last_bias"].as_str()), (Some("dense"), Some("torch")));
+    assert!((none["lr"].as_f64().unwrap() - 3e-4).abs() < 1e-9, "{none}");
+    let ours = config_of("ours", &["--preset", "ensembed"]);
+    assert_eq!((ours["bank"].as_str(), ours["last_bias"].as_str()), (Some("lazy"), Some("zero")));
+    assert!((ours["lr"].as_f64().unwrap() - 1e-3).abs() < 1e-9, "{ours}");
+    // A flag on top of a preset changes that field only.
+    let mixed = config_of("mixed", &["--preset", "ensembed", "--bank", "dense"]);
+    assert_eq!(mixed["bank"].as_str(), Some("dense"));
+    assert_eq!(mixed["last_bias"], ours["last_bias"]);
+    let bad = run(&["fit", "--train", &p(&s), "--out", &p(&d.join("bad")), "--preset", "fast"]);
+    assert_clean_failure(&bad, &["--preset", "fast"]);
+}
