@@ -14,7 +14,13 @@
 #   lr1e-3       --lr 1e-3
 #   zero-bias    --last-bias zero
 #   no-final-relu --final-relu false
+#   epochs100    --epochs 100 (twice the optimiser steps)
+#   warmup0      --warmup 0 (the bank learns from the first epoch)
+#   lr-bank1e-2  --lr-bank 1e-2 (a faster bank than MLPs)
+#   depth1, depth3, depth4   --depth N (paper Fig. 10)
+#   wd1e-5       --weight-decay 1e-5
 #   ensembed     what `--preset ensembed` selects (see README)
+#   ensembed-<setting>: the same change over `--preset ensembed` (e.g. ensembed-epochs100)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORES=$1; SET=$2; shift 2
@@ -26,9 +32,16 @@ flags_of() {
     paper) echo "--preset paper" ;;
     ensembed) echo "--preset ensembed" ;;
     lazy) echo "--preset paper --bank lazy" ;;
+    dense) echo "--preset paper --bank dense" ;;
     lr1e-3) echo "--preset paper --lr 1e-3" ;;
     zero-bias) echo "--preset paper --last-bias zero" ;;
     no-final-relu) echo "--preset paper --final-relu false" ;;
+    epochs100) echo "--preset paper --epochs 100" ;;
+    warmup0) echo "--preset paper --warmup 0" ;;
+    lr-bank1e-2) echo "--preset paper --lr-bank 1e-2" ;;
+    depth[0-9]) echo "--preset paper --depth ${1#depth}" ;;
+    wd1e-5) echo "--preset paper --weight-decay 1e-5" ;;
+    ensembed-*) echo "$(flags_of "${1#ensembed-}" | sed 's/--preset paper/--preset ensembed/')" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }
@@ -38,9 +51,19 @@ for setting in "$@"; do
   flags=$(flags_of "$setting")
   echo "== $SET / $setting: ensembed compare $flags"
   start=$(date +%s)
-  # shellcheck disable=SC2086
-  "$BIN" compare --train "$STORES/cifar10-$SET-train" --test "$STORES/cifar10-$SET-test" \
-    --k 10,20,100,200 $flags --json -q > "$json.tmp"
+  train=$STORES/cifar10-$SET-train test=$STORES/cifar10-$SET-test
+  if [ "$setting" = paper ] || [ "$setting" = ensembed ]; then
+    # The two headline settings also get the full report (figures, diagnostics); its
+    # comparison part is the same JSON `compare --json` prints.
+    # shellcheck disable=SC2086
+    "$BIN" report --train "$train" --test "$test" --k 10,20,100,200 $flags -q \
+      --out "$OUT/$setting-report" --overwrite
+    python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["comparison"], open(sys.argv[2], "w"), indent=1)' \
+      "$OUT/$setting-report/report.json" "$json.tmp"
+  else
+    # shellcheck disable=SC2086
+    "$BIN" compare --train "$train" --test "$test" --k 10,20,100,200 $flags --json -q > "$json.tmp"
+  fi
   mv "$json.tmp" "$json"
   echo "   done in $(( $(date +%s) - start )) s"
 done
