@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the comparisons behind the README's full-scale results (issue 4): one `ensembed compare
-# --json` per (backbone set, setting), each writing results/<dataset>-<set>/<setting>.json.
+# --json` per (backbone set, setting), each writing results/<set>/<setting>.json.
 # A result that already exists is not rerun, so the script can be stopped and restarted.
 #
 # Usage: scripts/run_experiments.sh STORES_DIR SET SETTING...
 #   STORES_DIR  where scripts/build_cifar_stores.sh wrote the stores
-#   SET         mixed | equal (or any STORES_DIR/cifar10-SET-{train,test} pair)
+#   SET         cifar10-mixed, cifar10-equal, fmnist-mixed (any STORES_DIR/SET-{train,test} pair)
 #   SETTING     a name from the table below
 #
 # The settings (flags over the paper's defaults, METHOD.md):
@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STORES=$1; SET=$2; shift 2
-OUT=results/cifar10-$SET
+OUT=results/$SET
 mkdir -p "$OUT"
 BIN=target/release/ensembed
 flags_of() {
@@ -51,7 +51,7 @@ for setting in "$@"; do
   flags=$(flags_of "$setting")
   echo "== $SET / $setting: ensembed compare $flags"
   start=$(date +%s)
-  train=$STORES/cifar10-$SET-train test=$STORES/cifar10-$SET-test
+  train=$STORES/$SET-train test=$STORES/$SET-test
   if [ "$setting" = paper ] || [ "$setting" = ensembed ]; then
     # The two headline settings also get the full report (figures, diagnostics); its
     # comparison part is the same JSON `compare --json` prints.
