@@ -20,11 +20,13 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checkpoint;
 mod conv;
 mod extract;
 mod graph;
 mod jpeg;
 mod ops;
+mod pickle;
 mod plan;
 mod preprocess;
 mod quant;
@@ -39,6 +41,7 @@ use crate::matrix::Matrix;
 use graph::{Graph, Step};
 use ops::QType;
 
+pub use checkpoint::{load_checkpoint, StateDict, Tensor};
 pub use extract::{extract_folder, list_image_folder, ImageFolder};
 pub use preprocess::RgbImage;
 

@@ -491,6 +491,29 @@ fn fuzz_all_parsers() {
     assert!(crashes.is_empty(), "{} crashes:\n{}", crashes.len(), crashes.join("\n"));
 }
 
+/// PyTorch checkpoints (`backbone::checkpoint`, a pickle machine and two container formats):
+/// mutants of the fixtures in `tests/corpus/torch/` (real resnet20 weights in the legacy and
+/// zip formats, every float dtype, strided views, and the hostile files of
+/// `tests/it/checkpoint.rs`), twice the usual count since they are two parsers in one. A state
+/// dict that loads must be consistent: each tensor holds as many values as its shape says.
+#[test]
+fn fuzz_torch_checkpoints() {
+    use ensembed::backbone::checkpoint::{is_checkpoint, read_checkpoint_bytes};
+    let seeds = corpus("torch");
+    let p = Path::new("fuzz.pt");
+    let (_, crashes) = fuzz("torch", &seeds, 2 * iters(), 8, &mut |b| {
+        let _ = is_checkpoint(&b[..b.len().min(64)]);
+        read_checkpoint_bytes(b, p)
+            .map(|sd| {
+                for (name, t) in &sd.tensors {
+                    assert_eq!(t.shape.iter().product::<usize>(), t.data.len(), "{name}");
+                }
+            })
+            .is_ok()
+    });
+    assert!(crashes.is_empty(), "{} crashes:\n{}", crashes.len(), crashes.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regressions found by the fuzzer (each input is also in tests/corpus/<parser>/)
 

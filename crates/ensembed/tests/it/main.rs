@@ -6,6 +6,7 @@ mod helpers;
 
 mod analysis;
 mod backbone;
+mod checkpoint;
 mod fuzz;
 mod knn;
 mod linear;
