@@ -54,15 +54,19 @@ pub enum Command {
     Merge(MergeArgs),
     /// A smaller store: some backbones and/or the first N rows of every class.
     Subset(SubsetArgs),
-    /// Extract pooled features of an image folder through quantised TFLite backbones.
+    /// Extract pooled features of an image folder through pretrained backbones (TFLite models or
+    /// PyTorch checkpoints).
     Extract(ExtractArgs),
     /// Top-5 classes of images through a backbone's classifier head (checks a model loads right).
     Classify(ClassifyArgs),
+    /// List the backbone file formats and architectures `extract` and `classify` can load.
+    Backbones,
 }
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
-    /// NAME=FILE.tflite, or FILE.tflite (named after the file). Repeat.
+    /// NAME=FILE or FILE (named after the file): a .tflite model or a PyTorch checkpoint (see
+    /// `ensembed backbones`). Repeat.
     #[arg(long = "backbone", required = true, value_name = "[NAME=]FILE")]
     pub backbones: Vec<String>,
     /// Image folder: DIR/<class>/<image> (sorted class folders give the labels).
@@ -77,19 +81,63 @@ pub struct ExtractArgs {
     /// Replace an existing store.
     #[arg(long)]
     pub overwrite: bool,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    /// The .tflite model (with a classifier head).
+    /// The backbone (a .tflite model or a PyTorch checkpoint with a classifier head).
     #[arg(long)]
     pub backbone: PathBuf,
-    /// Class names, one per line (index 0 first), e.g. imagenet_labels.txt.
+    /// Class names, one per line (index 0 first), e.g. imagenet_labels.txt. A file with one
+    /// line more than the head has classes starts with a background class the head lacks: it is
+    /// skipped.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
     /// Images to classify.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
+}
+
+/// Input preprocessing of PyTorch-checkpoint backbones, over each architecture's default
+/// (`ensembed backbones` lists them; TFLite models refuse these flags).
+#[derive(Args, Debug, Default, Clone)]
+pub struct PreprocessArgs {
+    /// Resize the shorter image side to N pixels (Pillow bilinear, aspect ratio kept).
+    #[arg(long, value_name = "N")]
+    pub resize: Option<usize>,
+    /// Centre-crop N x N pixels after resizing.
+    #[arg(long, value_name = "N")]
+    pub crop: Option<usize>,
+    /// Per-channel mean of [0, 1] pixels, R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel standard deviation of [0, 1] pixels, R,G,B.
+    #[arg(long, value_name = "R,G,B", value_parser = parse_rgb)]
+    pub std: Option<[f32; 3]>,
+}
+
+impl PreprocessArgs {
+    pub fn resolve(&self) -> ensembed::backbone::cnn::PreprocessOverride {
+        ensembed::backbone::cnn::PreprocessOverride {
+            resize: self.resize,
+            crop: self.crop,
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+}
+
+/// `a,b,c` as three floats.
+fn parse_rgb(s: &str) -> std::result::Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().map_err(|e| format!("`{p}`: {e}")))
+        .collect::<std::result::Result<_, _>>()?;
+    <[f32; 3]>::try_from(v.as_slice()).map_err(|_| format!("expected three comma-separated numbers (R,G,B), got {}", v.len()))
 }
 
 #[derive(Args, Debug)]

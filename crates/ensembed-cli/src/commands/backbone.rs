@@ -1,15 +1,17 @@
-//! `ensembed extract` and `ensembed classify`: from images and pretrained backbones to a feature
-//! store, and a quick check that a backbone loaded correctly.
+//! `ensembed extract`, `ensembed classify` and `ensembed backbones`: from images and pretrained
+//! backbones (TFLite models or PyTorch checkpoints) to a feature store, a quick check that a
+//! backbone loaded correctly, and the list of what can be loaded.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ensembed::backbone::{extract_folder, RgbImage, TfliteModel};
+use ensembed::backbone::{extract_folder, supported, Backbone, RgbImage};
 
 use crate::args::{ClassifyArgs, ExtractArgs};
 use crate::progress::Bars;
 
 pub fn extract(a: ExtractArgs, progress: &Bars) -> Result<()> {
+    let over = a.preprocess.resolve();
     let mut models = Vec::new();
     for spec in &a.backbones {
         let (name, file) = match spec.split_once('=') {
@@ -20,21 +22,30 @@ pub fn extract(a: ExtractArgs, progress: &Bars) -> Result<()> {
                 (stem, f)
             }
         };
-        let model = TfliteModel::load(&file).with_context(|| format!("--backbone {spec}"))?;
+        let model = Backbone::load_with(&file, &over).with_context(|| format!("--backbone {spec}"))?;
+        eprintln!("{name}: {}", model.describe());
         models.push((name, model));
     }
-    let refs: Vec<(String, &TfliteModel)> = models.iter().map(|(n, m)| (n.clone(), m)).collect();
+    let refs: Vec<(String, &Backbone)> = models.iter().map(|(n, m)| (n.clone(), m)).collect();
     let out = extract_folder(&refs, &a.images, &a.out, a.batch, a.overwrite, progress)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
 
 pub fn classify(a: ClassifyArgs) -> Result<()> {
-    let model = TfliteModel::load(&a.backbone)?;
-    let names: Option<Vec<String>> = match &a.labels {
+    let model = Backbone::load_with(&a.backbone, &a.preprocess.resolve())?;
+    let mut names: Option<Vec<String>> = match &a.labels {
         Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("--labels {}", p.display()))?.lines().map(str::to_string).collect()),
         None => None,
     };
+    // imagenet_labels.txt has 1,001 lines (0 = background) for the TFLite heads; PyTorch
+    // ImageNet heads have the 1,000 classes without it.
+    if let (Some(n), Some(classes)) = (names.as_mut(), model.num_classes()) {
+        if n.len() == classes + 1 {
+            eprintln!("--labels has {} lines for {classes} classes: skipping its first line ({:?})", n.len(), n[0]);
+            n.remove(0);
+        }
+    }
     for path in &a.images {
         let image = RgbImage::open(path)?;
         let top = model.classify(&image).with_context(|| format!("cannot classify {}", path.display()))?;
@@ -44,5 +55,10 @@ pub fn classify(a: ClassifyArgs) -> Result<()> {
             println!("  {p:6.3}  {class:>5}  {name}");
         }
     }
+    Ok(())
+}
+
+pub fn list() -> Result<()> {
+    print!("{}", supported());
     Ok(())
 }

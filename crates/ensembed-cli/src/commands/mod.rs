@@ -40,6 +40,7 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Subset(a) => shard::subset(a),
         Command::Extract(a) => backbone::extract(a, progress),
         Command::Classify(a) => backbone::classify(a),
+        Command::Backbones => backbone::list(),
         Command::Info(a) => info::run(a),
         Command::Report(a) => report::run(a, progress),
         Command::Sweep(a) => sweep::run(a, progress),

@@ -5,6 +5,7 @@
 //! fail with a non-zero exit, no panic, a message naming the file (or setting) and the value,
 //! and no partial output.
 
+mod cnn;
 mod helpers;
 
 use std::path::Path;

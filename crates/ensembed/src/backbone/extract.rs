@@ -10,7 +10,7 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use super::{RgbImage, TfliteModel};
+use super::{FeatureExtractor, RgbImage};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::store::{check_backbone_name, StoreWriter};
@@ -104,11 +104,12 @@ pub fn list_image_folder(dir: &Path) -> Result<ImageFolder> {
 }
 
 /// Extracts the pooled features of every image of the folder `images_dir` with each named
-/// model and writes them, with labels, class names and ids, as a store at `out` (replacing an
-/// existing store only with `overwrite`). Images are decoded once, `batch` at a time, and run in
-/// parallel. Returns the store's path.
-pub fn extract_folder(
-    models: &[(String, &TfliteModel)],
+/// model (a [`super::Backbone`] of any format, or one model type directly) and writes them, with
+/// labels, class names and ids, as a store at `out` (replacing an existing store only with
+/// `overwrite`). Images are decoded once, `batch` at a time, and run in parallel. Returns the
+/// store's path.
+pub fn extract_folder<M: FeatureExtractor + ?Sized>(
+    models: &[(String, &M)],
     images_dir: &Path,
     out: &Path,
     batch: usize,

@@ -20,7 +20,9 @@
 //! # Ok(()) }
 //! ```
 
+mod any;
 pub mod checkpoint;
+pub mod cnn;
 mod conv;
 mod extract;
 mod graph;
@@ -41,6 +43,7 @@ use crate::matrix::Matrix;
 use graph::{Graph, Step};
 use ops::QType;
 
+pub use any::{supported, Backbone, FeatureExtractor, FORMATS};
 pub use checkpoint::{load_checkpoint, StateDict, Tensor};
 pub use extract::{extract_folder, list_image_folder, ImageFolder};
 pub use preprocess::RgbImage;

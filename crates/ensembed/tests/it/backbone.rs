@@ -9,7 +9,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use ensembed::backbone::{extract_folder, list_image_folder, RgbImage, TfliteModel};
+use ensembed::backbone::{extract_folder, list_image_folder, Backbone, RgbImage, TfliteModel};
 use ensembed::store::npy::read_npz;
 use ensembed::store::Store;
 use ensembed::{Error, NoProgress};
@@ -260,7 +260,7 @@ fn an_image_folder_becomes_a_store() {
 fn extract_folder_rejects_bad_settings_before_working() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("store");
-    let err = extract_folder(&[], dir.path(), &out, 8, false, &NoProgress).unwrap_err();
+    let err = extract_folder::<Backbone>(&[], dir.path(), &out, 8, false, &NoProgress).unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
     let err = list_image_folder(dir.path()).unwrap_err();
     assert!(err.to_string().contains("no class folders"), "{err}");

@@ -7,6 +7,7 @@ mod helpers;
 mod analysis;
 mod backbone;
 mod checkpoint;
+mod cnn;
 mod fuzz;
 mod knn;
 mod linear;

