@@ -305,39 +305,53 @@ impl Sd {
 }
 
 const R50: [usize; 4] = [3, 4, 6, 3];
+const R18: [usize; 4] = [2, 2, 2, 2];
 
 fn synthetic_resnet50(with_fc: bool) -> Sd {
+    synthetic_resnet(R50, true, with_fc)
+}
+
+/// torchvision's `ResNet(Bottleneck | BasicBlock, blocks)` names and shapes, random weights;
+/// `downsample` where torchvision puts one (stride 2 or a change of channels).
+fn synthetic_resnet(blocks: [usize; 4], bottleneck: bool, with_fc: bool) -> Sd {
     let mut r = rng(50);
     let mut sd = Sd { tensors: BTreeMap::new() };
     sd.conv(&mut r, "conv1", 64, 3, 7);
     sd.bn(&mut r, "bn1", 64);
+    let expansion = if bottleneck { 4 } else { 1 };
     let mut c = 64;
-    for (s, &n) in R50.iter().enumerate() {
+    for (s, &n) in blocks.iter().enumerate() {
         let planes = 64 << s;
         for i in 0..n {
             let p = format!("layer{}.{i}", s + 1);
-            sd.conv(&mut r, &format!("{p}.conv1"), planes, c, 1);
-            sd.bn(&mut r, &format!("{p}.bn1"), planes);
-            sd.conv(&mut r, &format!("{p}.conv2"), planes, planes, 3);
-            sd.bn(&mut r, &format!("{p}.bn2"), planes);
-            sd.conv(&mut r, &format!("{p}.conv3"), planes * 4, planes, 1);
-            sd.bn(&mut r, &format!("{p}.bn3"), planes * 4);
-            if i == 0 {
-                sd.conv(&mut r, &format!("{p}.downsample.0"), planes * 4, c, 1);
-                sd.bn(&mut r, &format!("{p}.downsample.1"), planes * 4);
+            if bottleneck {
+                sd.conv(&mut r, &format!("{p}.conv1"), planes, c, 1);
+                sd.conv(&mut r, &format!("{p}.conv2"), planes, planes, 3);
+                sd.conv(&mut r, &format!("{p}.conv3"), planes * 4, planes, 1);
+                sd.bn(&mut r, &format!("{p}.bn3"), planes * 4);
+            } else {
+                sd.conv(&mut r, &format!("{p}.conv1"), planes, c, 3);
+                sd.conv(&mut r, &format!("{p}.conv2"), planes, planes, 3);
             }
-            c = planes * 4;
+            sd.bn(&mut r, &format!("{p}.bn1"), planes);
+            sd.bn(&mut r, &format!("{p}.bn2"), planes);
+            let stride = if s > 0 && i == 0 { 2 } else { 1 };
+            if stride != 1 || c != planes * expansion {
+                sd.conv(&mut r, &format!("{p}.downsample.0"), planes * expansion, c, 1);
+                sd.bn(&mut r, &format!("{p}.downsample.1"), planes * expansion);
+            }
+            c = planes * expansion;
         }
     }
     if with_fc {
-        sd.put("fc.weight", &[1000, 2048], random_vec(&mut r, 2048 * 1000, 0.03));
+        sd.put("fc.weight", &[1000, c], random_vec(&mut r, c * 1000, 0.03));
         sd.put("fc.bias", &[1000], random_vec(&mut r, 1000, 0.1));
     }
     sd
 }
 
 /// torchvision's `ResNet.forward` up to the pooled feature, written out in f64.
-fn reference_resnet50(sd: &Sd, x: &Chw) -> Vec<f64> {
+fn reference_resnet(sd: &Sd, x: &Chw) -> Vec<f64> {
     let bn = |x: &mut Chw, n: &str| {
         naive_bn(
             x,
@@ -374,29 +388,42 @@ fn reference_resnet50(sd: &Sd, x: &Chw) -> Vec<f64> {
         }
     }
     h = mp;
-    for (s, &n) in R50.iter().enumerate() {
-        for i in 0..n {
-            let p = format!("layer{}.{i}", s + 1);
-            let stride = if s > 0 && i == 0 { 2 } else { 1 };
-            let mut o = conv(&h, &format!("{p}.conv1"), 1, 0);
-            bn(&mut o, &format!("{p}.bn1"));
-            relu(&mut o);
-            let mut o2 = conv(&o, &format!("{p}.conv2"), stride, 1);
-            bn(&mut o2, &format!("{p}.bn2"));
-            relu(&mut o2);
-            let mut o3 = conv(&o2, &format!("{p}.conv3"), 1, 0);
-            bn(&mut o3, &format!("{p}.bn3"));
-            let idn = if i == 0 {
+    for s in 1..=4 {
+        for i in (0..).take_while(|i| sd.tensors.contains_key(&format!("layer{s}.{i}.conv1.weight"))) {
+            let p = format!("layer{s}.{i}");
+            let stride = if s > 1 && i == 0 { 2 } else { 1 };
+            let out = if sd.tensors.contains_key(&format!("{p}.conv3.weight")) {
+                // Bottleneck (v1.5: stride on the 3x3).
+                let mut o = conv(&h, &format!("{p}.conv1"), 1, 0);
+                bn(&mut o, &format!("{p}.bn1"));
+                relu(&mut o);
+                let mut o2 = conv(&o, &format!("{p}.conv2"), stride, 1);
+                bn(&mut o2, &format!("{p}.bn2"));
+                relu(&mut o2);
+                let mut o3 = conv(&o2, &format!("{p}.conv3"), 1, 0);
+                bn(&mut o3, &format!("{p}.bn3"));
+                o3
+            } else {
+                // BasicBlock.
+                let mut o = conv(&h, &format!("{p}.conv1"), stride, 1);
+                bn(&mut o, &format!("{p}.bn1"));
+                relu(&mut o);
+                let mut o2 = conv(&o, &format!("{p}.conv2"), 1, 1);
+                bn(&mut o2, &format!("{p}.bn2"));
+                o2
+            };
+            let idn = if sd.tensors.contains_key(&format!("{p}.downsample.0.weight")) {
                 let mut d = conv(&h, &format!("{p}.downsample.0"), stride, 0);
                 bn(&mut d, &format!("{p}.downsample.1"));
                 d
             } else {
                 h.clone()
             };
-            for (a, b) in o3.v.iter_mut().zip(&idn.v) {
+            let mut out = out;
+            for (a, b) in out.v.iter_mut().zip(&idn.v) {
                 *a = (*a + b).max(0.0);
             }
-            h = o3;
+            h = out;
         }
     }
     let hw = (h.h * h.w) as f64;
@@ -431,7 +458,7 @@ fn synthetic_resnet50_matches_the_f64_reference() {
             }
         }
     }
-    let refr = reference_resnet50(&sd, &x);
+    let refr = reference_resnet(&sd, &x);
     let err = max_rel_err(&f.data, &refr);
     eprintln!("synthetic ResNet-50 pooled feature: max |diff| / max |ref| = {err:.2e}");
     assert!(err < 1e-4, "rel err {err}");
@@ -457,6 +484,28 @@ fn synthetic_resnet50_matches_the_f64_reference() {
 }
 
 #[test]
+fn synthetic_resnet18_matches_the_f64_reference() {
+    // Basic blocks: the stride on the first 3x3, projection shortcuts only where the shape
+    // changes (layer1 has none).
+    let sd = synthetic_resnet(R18, false, true);
+    let over = PreprocessOverride { resize: Some(48), crop: Some(48), ..Default::default() };
+    let model = CnnModel::from_state_dict(&sd.state_dict("resnet18.pth"), &over).unwrap();
+    assert_eq!(model.architecture(), "ResNet-18");
+    assert_eq!(model.pooled_dim(), 512);
+    let mut r = rng(18);
+    let img = RgbImage::new(48, 48, (0..48 * 48 * 3).map(|_| r.random::<u8>()).collect()).unwrap();
+    let f = model.features(std::slice::from_ref(&img)).unwrap();
+    let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+    let mut x = Chw { c: 3, h: 48, w: 48, v: vec![0.0; 3 * 48 * 48] };
+    for (i, p) in img.pixels().iter().enumerate() {
+        let (px, c) = (i / 3, i % 3);
+        x.v[c * 48 * 48 + px] = ((*p as f32 / 255.0 - mean[c]) / std[c]) as f64;
+    }
+    let err = max_rel_err(&f.data, &reference_resnet(&sd, &x));
+    assert!(err < 1e-4, "rel err {err}");
+}
+
+#[test]
 fn unknown_or_altered_state_dicts_are_clear_errors() {
     let mut sd = Sd { tensors: BTreeMap::new() };
     sd.put("encoder.weight", &[4, 4], vec![0.0; 16]);
@@ -476,11 +525,18 @@ fn unknown_or_altered_state_dicts_are_clear_errors() {
     let e = CnnModel::from_state_dict(&sd.state_dict("bad.pth"), &PreprocessOverride::default()).unwrap_err();
     assert!(e.to_string().contains("layer2.0.bn1.running_var"), "{e}");
 
+    // A convolution with no filters is refused, not run.
+    let mut sd = synthetic_resnet(R18, false, false);
+    sd.put("layer1.0.conv1.weight", &[0, 64, 3, 3], vec![]);
+    let e = CnnModel::from_state_dict(&sd.state_dict("empty.pth"), &PreprocessOverride::default()).unwrap_err();
+    assert!(e.to_string().contains("layer1.0.conv1.weight"), "{e}");
+
     // Bad preprocessing overrides.
     let sd = synthetic_resnet50(false).state_dict("x.pth");
     for (over, field) in [
         (PreprocessOverride { crop: Some(300), ..Default::default() }, "crop"),
         (PreprocessOverride { resize: Some(0), ..Default::default() }, "resize"),
+        (PreprocessOverride { resize: Some(5000), ..Default::default() }, "resize"),
         (PreprocessOverride { std: Some([1.0, 0.0, 1.0]), ..Default::default() }, "std"),
     ] {
         match CnnModel::from_state_dict(&sd, &over).unwrap_err() {

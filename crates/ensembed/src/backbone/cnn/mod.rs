@@ -37,6 +37,14 @@ pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 /// ImageNet's per-channel standard deviation of [0, 1] pixels.
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
+/// Largest `resize` accepted: far beyond what the supported networks were trained on, and small
+/// enough that the resized image stays in memory.
+pub const MAX_RESIZE: usize = 4096;
+
+/// Largest resized image (pixels): a shorter side of `resize` on a very elongated image would
+/// otherwise make a gigabyte-sized intermediate.
+const MAX_RESIZED_PIXELS: u64 = 1 << 26;
+
 /// How an image becomes a network input: Pillow-bilinear resize so that the shorter side is
 /// `resize` (torchvision's `Resize(int)`, aspect ratio kept), centre crop to `crop` x `crop`
 /// (torchvision's `CenterCrop`), then `(pixel / 255 - mean) / std` per channel.
@@ -73,8 +81,12 @@ impl PreprocessOverride {
             mean: self.mean.unwrap_or(base.mean),
             std: self.std.unwrap_or(base.std),
         };
-        if p.resize == 0 {
-            return Err(Error::config("resize", 0, "must be at least 1 pixel"));
+        if p.resize == 0 || p.resize > MAX_RESIZE {
+            return Err(Error::config(
+                "resize",
+                p.resize,
+                format!("must be between 1 and {MAX_RESIZE} pixels"),
+            ));
         }
         if p.crop == 0 || p.crop > p.resize {
             return Err(Error::config(
@@ -128,6 +140,13 @@ impl Preprocess {
         } else {
             (new_long, self.resize)
         };
+        if nw as u64 * nh as u64 > MAX_RESIZED_PIXELS {
+            return Err(Error::config(
+                "resize",
+                self.resize,
+                format!("would turn a {w}x{h} image into {nw}x{nh} pixels (more than {MAX_RESIZED_PIXELS})"),
+            ));
+        }
         let resized;
         let img = if (nw, nh) == (w, h) {
             image
@@ -257,6 +276,13 @@ impl<'a> Weights<'a> {
         let name = format!("{conv}.weight");
         let s = self.shape(&name, 4)?;
         let (oc, kh, kw) = (s[0], s[2], s[3]);
+        if oc == 0 || kh == 0 || kw == 0 {
+            return Err(Error::format(
+                self.path(),
+                &name,
+                format!("has shape {s:?}: a convolution needs at least one filter of at least 1x1"),
+            ));
+        }
         let w = self.shaped(&name, &[oc, ic, kh, kw])?;
         let mut weight = w.data.clone();
         let bias = fold_batch_norm(&mut weight, &[], &self.batch_norm(bn, oc, eps)?);
