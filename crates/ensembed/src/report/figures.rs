@@ -124,7 +124,8 @@ impl Draw for KnnBars {
         root.fill(&WHITE).map_err(err)?;
         let n = self.methods.len();
         let top = self.groups.iter().flat_map(|g| g.1.iter().flatten()).fold(0.0f64, |a, &b| a.max(b));
-        let ymax = ((top / 10.0).ceil() * 10.0 + 10.0).min(105.0).max(10.0);
+        // Headroom above the tallest bar keeps the legend (upper right) clear of the bars.
+        let ymax = ((top / 10.0).ceil() * 10.0 + 20.0).max(10.0);
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FAMILY, 20))
             .margin(12)
