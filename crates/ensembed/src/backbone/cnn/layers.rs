@@ -292,7 +292,7 @@ impl Conv2d {
         let n = self.oc;
         // A pointwise stride-1 convolution reads its GEMM operand straight from the input.
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && pt == 0 && pl == 0;
-        let rows = (TILE_BYTES / 4 / (k + n)).clamp(16, m.max(16)).min(m);
+        let rows = tile_rows(m, k, n);
         let mut cols = if direct {
             Vec::new()
         } else {
@@ -340,6 +340,20 @@ impl Conv2d {
         Ok(out)
     }
 }
+
+/// Output rows per GEMM tile. Each tile re-packs the weights, so a layer whose weights are
+/// large next to its activations (the deep, small-map layers) runs as one GEMM; the others run in
+/// tiles whose im2col block and output fit in L2.
+fn tile_rows(m: usize, k: usize, n: usize) -> usize {
+    let weights = k * n * 4;
+    if weights >= TILE_BYTES / 2 && m * k * 4 <= MAX_UNTILED_BYTES {
+        return m;
+    }
+    (TILE_BYTES / 4 / (k + n)).clamp(16, m.max(16)).min(m)
+}
+
+/// Largest im2col block built in one piece when tiling is skipped.
+const MAX_UNTILED_BYTES: usize = 16 << 20;
 
 /// Where an im2col block reads from.
 struct Im2col {
