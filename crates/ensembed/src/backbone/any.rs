@@ -17,8 +17,8 @@ use crate::matrix::Matrix;
 /// A loaded backbone of any supported format.
 #[derive(Debug)]
 pub enum Backbone {
-    /// A quantised TFLite model.
-    Tflite(TfliteModel),
+    /// A quantised TFLite model (boxed: its plan is several times the size of the other variant).
+    Tflite(Box<TfliteModel>),
     /// A float CNN from a PyTorch checkpoint.
     Cnn(CnnModel),
 }
@@ -119,7 +119,7 @@ impl Backbone {
                      (--resize/--crop/--mean/--std apply to PyTorch checkpoints only)",
                 ));
             }
-            return Ok(Backbone::Tflite(TfliteModel::load(path)?));
+            return Ok(Backbone::Tflite(Box::new(TfliteModel::load(path)?)));
         }
         if is_checkpoint(head) {
             return Ok(Backbone::Cnn(CnnModel::load(path, over)?));

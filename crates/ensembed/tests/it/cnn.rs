@@ -182,11 +182,8 @@ fn conv_matches_naive_reference() {
             };
             let mut refr = naive_conv(&Chw::from_nhwc(&x), &wt, oc, k, s, (pt, pl), (oh, ow), 1);
             let resc = Chw::from_nhwc(&res);
-            for o in 0..oc {
-                for i in 0..oh * ow {
-                    let v = &mut refr.v[o * oh * ow + i];
-                    *v = (*v + bias[o] as f64 + resc.v[o * oh * ow + i]).max(0.0);
-                }
+            for (i, (v, r)) in refr.v.iter_mut().zip(&resc.v).enumerate() {
+                *v = (*v + bias[i / (oh * ow)] as f64 + r).max(0.0);
             }
             let err = max_rel_err(&y.data, &refr.to_nhwc().data.iter().map(|&v| v as f64).collect::<Vec<_>>());
             assert!(err < 1e-5, "case {h}x{w}x{ic} -> {oc}, k{k} s{s} {pad:?}, {threads} threads: rel err {err}");
@@ -224,9 +221,9 @@ fn depthwise_matches_naive_reference_and_known_answer() {
             Padding::Same => (((oh - 1) * s + k).saturating_sub(h) / 2, ((ow - 1) * s + k).saturating_sub(w) / 2),
         };
         let mut refr = naive_conv(&Chw::from_nhwc(&x), &wt, c, k, s, (pt, pl), (oh, ow), c);
-        for ch in 0..c {
-            for v in &mut refr.v[ch * oh * ow..(ch + 1) * oh * ow] {
-                *v = (*v + bias[ch] as f64).clamp(0.0, 6.0);
+        for (chan, b) in refr.v.chunks_exact_mut(oh * ow).zip(&bias) {
+            for v in chan {
+                *v = (*v + *b as f64).clamp(0.0, 6.0);
             }
         }
         let err = max_rel_err(&y.data, &refr.to_nhwc().data.iter().map(|&v| v as f64).collect::<Vec<_>>());
