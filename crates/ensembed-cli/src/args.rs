@@ -433,6 +433,14 @@ pub struct EmbedArgs {
     /// Bank semantics [default: the model's].
     #[arg(long, value_enum)]
     pub bank: Option<BankArg>,
+    /// Lazy bank: rows embedded, then written to the output, at a time (rounded up to whole
+    /// batches); memory holds one chunk of results, not all of them.
+    #[arg(long, default_value_t = 4096, value_name = "ROWS")]
+    pub chunk_rows: usize,
+    /// Lazy bank: continue an interrupted run from its last written chunk (`.OUT.partial`
+    /// beside the output); the result is byte-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl EmbedArgs {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype as StDtype, TensorView};
+use safetensors::tensor::Dtype as StDtype;
 use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
@@ -86,16 +86,135 @@ pub fn load_train_representations(dir: &Path) -> Result<Matrix> {
 /// Writes representations as `.npy` (f32) or `.safetensors` (tensor `representations`),
 /// chosen by the extension.
 pub fn write_representations(path: &Path, m: &Matrix) -> Result<()> {
-    match extension(path).as_deref() {
-        Some("npy") => npy::write_npy_f32(path, m),
-        Some("safetensors") => {
-            let view = TensorView::new(StDtype::F32, vec![m.rows, m.cols], bytemuck::cast_slice(&m.data))
-                .map_err(|e| Error::format(path, REPR_TENSOR, e.to_string()))?;
-            let meta = HashMap::from([("format".to_string(), "ensembed-representations".to_string())]);
-            let bytes = safetensors::serialize([(REPR_TENSOR, view)], Some(meta)).map_err(|e| Error::format(path, REPR_TENSOR, e.to_string()))?;
-            fsio::write_atomic(path, &bytes)
+    let mut w = RepresentationWriter::create(path, m.rows, m.cols)?;
+    w.write_rows(&m.data)?;
+    w.finish()
+}
+
+/// Writes representations a block of rows at a time, so that a result larger than memory can
+/// be streamed to disk (lazy `embed`): the header goes first (the shape is known up front),
+/// rows are appended as they come, and [`finish`](RepresentationWriter::finish) flushes and
+/// renames the temporary file into place. The bytes are those of [`write_representations`] on
+/// the whole matrix (`.npy` as numpy writes it, `.safetensors` as `safetensors::serialize`).
+/// Dropped unfinished, it removes its temporary file unless it was made resumable.
+#[derive(Debug)]
+pub struct RepresentationWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    rows: usize,
+    cols: usize,
+    written: usize,
+    keep_on_drop: bool,
+    finished: bool,
+}
+
+impl RepresentationWriter {
+    /// Starts writing `[rows, cols]` representations to `path` (its extension chooses the
+    /// format), under a temporary name.
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<Self> {
+        Self::open(path, &fsio::temp_path(path), rows, cols, 0, false)
+    }
+
+    /// Like [`create`](Self::create), but under the fixed temporary name `tmp`, which is kept
+    /// when the writer is dropped unfinished, and continuing after the first `done` rows when
+    /// `tmp` already holds at least that many (bytes after them are cut off): a killed run
+    /// resumes from what it had flushed ([`sync`](Self::sync)).
+    pub fn resumable(path: &Path, tmp: &Path, rows: usize, cols: usize, done: usize) -> Result<Self> {
+        Self::open(path, tmp, rows, cols, done, true)
+    }
+
+    fn open(path: &Path, tmp: &Path, rows: usize, cols: usize, done: usize, keep_on_drop: bool) -> Result<Self> {
+        use std::io::{Seek, SeekFrom, Write};
+        let header = match extension(path).as_deref() {
+            Some("npy") => npy::npy_header(path, "<f4", &[rows, cols])?,
+            Some("safetensors") => {
+                let meta = HashMap::from([("format".to_string(), "ensembed-representations".to_string())]);
+                fsio::safetensors_header(path, REPR_TENSOR, StDtype::F32, &[rows, cols], Some(meta))?
+            }
+            other => return Err(Error::format(path, "extension", format!("{other:?}: expected .npy or .safetensors"))),
+        };
+        if let Some(dir) = tmp.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        other => Err(Error::format(path, "extension", format!("{other:?}: expected .npy or .safetensors"))),
+        let io = |e| Error::io(tmp, e);
+        let row_bytes = cols as u64 * 4;
+        let keep = header.len() as u64 + done as u64 * row_bytes;
+        let file = if done > 0 {
+            let mut f = std::fs::OpenOptions::new().read(true).write(true).open(tmp).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            if len < keep {
+                return Err(Error::format(tmp, "length", format!("{len} bytes, fewer than the {keep} of its header and {done} rows")));
+            }
+            let mut head = vec![0u8; header.len()];
+            std::io::Read::read_exact(&mut f, &mut head).map_err(io)?;
+            if head != header {
+                return Err(Error::format(tmp, "header", format!("not the header of [{rows}, {cols}] representations")));
+            }
+            f.set_len(keep).map_err(io)?;
+            f.seek(SeekFrom::Start(keep)).map_err(io)?;
+            f
+        } else {
+            let mut f = std::fs::File::create(tmp).map_err(io)?;
+            f.write_all(&header).map_err(io)?;
+            f
+        };
+        Ok(RepresentationWriter {
+            path: path.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            rows,
+            cols,
+            written: done,
+            keep_on_drop,
+            finished: false,
+        })
+    }
+
+    /// Appends whole rows.
+    ///
+    /// # Shapes
+    /// `data`: `[k, cols]` for any k that keeps the total within `rows`.
+    pub fn write_rows(&mut self, data: &[f32]) -> Result<()> {
+        use std::io::Write;
+        let k = if self.cols == 0 { 0 } else { data.len() / self.cols };
+        if k * self.cols != data.len() || self.written + k > self.rows {
+            return Err(Error::shape(format!("rows written to {}", self.path.display()), self.rows, format!("{} + {} values", self.written, data.len())));
+        }
+        self.file.write_all(&npy::le_bytes(data)).map_err(|e| Error::io(&self.tmp, e))?;
+        self.written += k;
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows_written(&self) -> usize {
+        self.written
+    }
+
+    /// Flushes what was written to the disk, so that a resumed run can count on it.
+    pub fn sync(&mut self) -> Result<()> {
+        use std::io::Write;
+        self.file.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        self.file.get_ref().sync_data().map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    /// Checks that every row was written, flushes, and renames the file into place.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.rows {
+            return Err(Error::shape(format!("rows written to {}", self.path.display()), self.rows, self.written));
+        }
+        self.sync()?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for RepresentationWriter {
+    fn drop(&mut self) {
+        if !self.finished && !self.keep_on_drop {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

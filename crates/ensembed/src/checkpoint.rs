@@ -55,7 +55,7 @@ pub fn save_checkpoint(dir: &Path, state: &FitState, cfg: &FitConfig) -> Result<
                 }
             }
         }
-        let repr = &state.bank.repr;
+        let repr = state.bank.repr();
         let (bm, bv, _, row_steps) = state.bank.parts();
         let order: Vec<u64> = state.order.iter().map(|&i| i as u64).collect();
         tensors.push(("bank.repr".into(), StDtype::F32, vec![repr.rows, repr.cols], bytemuck::cast_slice(&repr.data)));
@@ -71,8 +71,9 @@ pub fn save_checkpoint(dir: &Path, state: &FitState, cfg: &FitConfig) -> Result<
                 Ok((name.clone(), view))
             })
             .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, None::<HashMap<String, String>>).map_err(|e| Error::format(&path, "tensors", e.to_string()))?;
-        fsio::write_atomic(&path, &bytes)?;
+        // Streamed from the state itself: serialising first would hold a second copy of the
+        // bank and its moments.
+        fsio::write_safetensors(&path, &views, None::<HashMap<String, String>>)?;
         let meta = Meta {
             format: "ensembed-fit-checkpoint".into(),
             version: 1,
@@ -101,7 +102,11 @@ pub fn load_checkpoint(dir: &Path, cfg: &FitConfig, feats: &dyn FeatureSet) -> R
     let model = EnsembleModel::load(&dir.join(MODEL_FILE))?;
     model.check_features(feats)?;
     let path = dir.join(STATE_FILE);
-    let bytes = fsio::read(&path)?;
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    // Mapped rather than read, so that restoring holds the state once (the copies below), not
+    // twice. SAFETY: read-only map dropped on return; as for any mmap, another process
+    // truncating the file meanwhile is outside what we can guard against.
+    let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::format(&path, "header", e.to_string()))?;
     let raw = |name: &str, dt: StDtype, len: usize| -> Result<&[u8]> {
         let t = st.tensor(name).map_err(|_| Error::format(&path, name, "tensor missing"))?;

@@ -115,8 +115,8 @@ pub fn fit_from(
 ) -> Result<FitOutput> {
     cfg.validate()?;
     let n = feats.len();
-    if state.bank.repr.rows != n || state.order.len() != n {
-        return Err(Error::shape("samples of the fit state", state.bank.repr.rows, n));
+    if state.bank.rows() != n || state.order.len() != n {
+        return Err(Error::shape("samples of the fit state", state.bank.rows(), n));
     }
     state.model.check_features(feats)?;
     let threads = rayon::current_num_threads();
@@ -156,6 +156,9 @@ pub fn fit_from(
             }
             progress.advance(1);
         }
+        // The dense bank defers the zero-gradient steps of rows outside each batch; the
+        // checkpoint after the epoch needs every row current.
+        bank.flush();
         let loss = total / (n * m) as f64;
         progress.message(&format!("epoch {}/{} loss {loss:.5}", epoch + 1, cfg.epochs));
         history.push(EpochStats { epoch, loss, bank_learning: learn_bank });

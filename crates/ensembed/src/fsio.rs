@@ -2,9 +2,13 @@
 //! flushed to disk, and is renamed into place, so a reader (or a rerun after a crash) sees either
 //! the old file or the complete new one, never a torn one.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView, View};
 
 use crate::error::{Error, Result};
 
@@ -62,6 +66,55 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         let _ = fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Writes `tensors` as one safetensors file at `path` atomically, streaming each tensor's bytes
+/// from where they lie: `safetensors::serialize` first builds the whole file in memory, which
+/// for a checkpoint of 200,000 x 2048 representations with their Adam state is 5 GB more.
+/// Byte-identical to `safetensors::serialize` of the same tensors (tested).
+pub fn write_safetensors(path: &Path, tensors: &[(String, TensorView<'_>)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    let headers = tensors.iter().map(|(name, t)| (name.clone(), HeaderOnly { dtype: t.dtype(), shape: t.shape().to_vec(), len: t.data_len() }));
+    let header = safetensors::serialize(headers, metadata).map_err(|e| Error::format(path, "tensors", e.to_string()))?;
+    // The data follows in the order the header's offsets give: by decreasing dtype alignment,
+    // then by name (safetensors' `prepare`).
+    let mut sorted: Vec<&(String, TensorView<'_>)> = tensors.iter().collect();
+    sorted.sort_by(|(ln, l), (rn, r)| r.dtype().cmp(&l.dtype()).then(ln.cmp(rn)));
+    write_atomic_with(path, |w| {
+        w.write_all(&header)?;
+        sorted.iter().try_for_each(|(_, t)| w.write_all(t.data()))
+    })
+}
+
+/// A tensor's dtype, shape and length without its data: `safetensors::serialize` of these
+/// yields exactly the header (length prefix and JSON) of the file the real tensors make.
+struct HeaderOnly {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    len: usize,
+}
+
+impl View for HeaderOnly {
+    fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&[])
+    }
+    fn data_len(&self) -> usize {
+        self.len
+    }
+}
+
+/// The header bytes (length prefix and JSON) of a safetensors file holding one tensor `name`
+/// of `dtype` and `shape`, for writers that stream the data after it.
+pub fn safetensors_header(path: &Path, name: &str, dtype: Dtype, shape: &[usize], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+    let len = shape.iter().try_fold(dtype.bitsize() / 8, |acc, &x| acc.checked_mul(x));
+    let len = len.ok_or_else(|| Error::format(path, name, format!("shape {shape:?} overflows")))?;
+    let view = HeaderOnly { dtype, shape: shape.to_vec(), len };
+    safetensors::serialize([(name, view)], metadata).map_err(|e| Error::format(path, name, e.to_string()))
 }
 
 /// Reads a whole file, naming it in the error.

@@ -30,6 +30,7 @@ pub mod fit;
 pub mod fsio;
 pub mod kernels;
 pub mod matrix;
+pub mod memory;
 pub mod model;
 pub mod objective;
 pub mod pca;

@@ -1,6 +1,7 @@
 //! `ensembed fit`: a store in, a model directory out. After every epoch the whole training
 //! state is checkpointed beside the output (`.OUT.ckpt`), so a killed run continues with
-//! `--resume`; the checkpoint is removed once the model is written.
+//! `--resume`; the checkpoint is removed once the model is written. The last line compares the
+//! process's peak RSS with the memory the fit needs (`ensembed::memory`).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use ensembed::artifact::save_model_dir;
 use ensembed::checkpoint::{load_checkpoint, save_checkpoint};
 use ensembed::fit::{fit_from, FitState};
+use ensembed::memory::{self, fit_memory, process_memory, store_feature_bytes};
 
 use super::open_store;
 use crate::args::FitCmdArgs;
@@ -49,5 +51,8 @@ pub fn run(a: FitCmdArgs, progress: &Bars) -> Result<()> {
         out.model.mlps.len(),
         1.0 - last
     );
+    let dims: Vec<usize> = store.backbones().iter().map(|b| b.dim).collect();
+    let bound = fit_memory(store.len(), &dims, &cfg);
+    eprintln!("{}", memory::report(&bound, store_feature_bytes(&store), "mapped store", process_memory()));
     Ok(())
 }

@@ -404,6 +404,75 @@ fn fit_killed_at_any_moment_and_resumed_is_byte_identical() {
     }
 }
 
+#[test]
+fn fit_reports_peak_memory_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = import_split(dir.path(), "train", train());
+    let out = ok(&["fit", "--train", &p(&s), "--out", &p(&dir.path().join("m")), "--epochs", "1"]);
+    let line = out.stderr.lines().find(|l| l.starts_with("memory: ")).unwrap_or_else(|| panic!("no memory line in {}", out.stderr));
+    if cfg!(target_os = "linux") {
+        assert!(line.contains("peak RSS") && line.contains("), within it") && line.contains("of mapped store"), "{line}");
+    }
+    assert!(line.contains("bank ") && line.contains("Adam state") && line.contains("per-step"), "{line}");
+}
+
+#[test]
+fn streamed_embedding_equals_the_in_memory_one_and_resumes_byte_identically() {
+    use ensembed::artifact::{load_model_dir, write_representations};
+    let dir = tempfile::tempdir().unwrap();
+    let s = import_split(dir.path(), "train", train());
+    let t = import_split(dir.path(), "test", test());
+    let m = dir.path().join("m");
+    ok(&["--threads", "2", "fit", "--train", &p(&s), "--out", &p(&m), "--epochs", "2", "--bank", "lazy", "--batch", "32"]);
+    let args = |out: &Path, epochs: &str, chunk: &str, resume: bool| {
+        let mut a: Vec<String> = ["--quiet", "--threads", "2", "embed", "--model", &p(&m), "--features", &p(&t)].map(String::from).to_vec();
+        a.extend(["--out".into(), p(out), "--epochs".into(), epochs.into(), "--chunk-rows".into(), chunk.into()]);
+        if resume {
+            a.push("--resume".into());
+        }
+        a
+    };
+    // The library's in-memory embedding on the same two threads, written whole, against the
+    // CLI's stream in chunks of 40 rows (two batches of 32) and in one chunk.
+    let (model, record) = load_model_dir(&m).unwrap();
+    let cfg = ensembed::EmbedConfig { epochs: 3, ..ensembed::EmbedConfig::from_fit(&record.config) };
+    let store = ensembed::store::Store::open(&t).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let whole = pool.install(|| ensembed::embed::embed(&model, &store, &cfg, &ensembed::NoProgress)).unwrap().representations;
+    for ext in ["npy", "safetensors"] {
+        let want = dir.path().join(format!("memory.{ext}"));
+        write_representations(&want, &whole).unwrap();
+        let want = std::fs::read(&want).unwrap();
+        for chunk in ["40", "100000"] {
+            let out = dir.path().join(format!("stream-{chunk}.{ext}"));
+            ok(&args(&out, "3", chunk, false)[1..]);
+            assert!(std::fs::read(&out).unwrap() == want, "{ext}: chunks of {chunk} rows differ from the in-memory embedding");
+            assert_no_output_temps(&out);
+        }
+    }
+    // SIGKILL at several moments (start-up, mid-chunk, between chunks: the exact point varies
+    // with the machine's speed), then --resume; twice in a row for the last one.
+    let reference = dir.path().join("reference.npy");
+    ok(&args(&reference, "20", "64", false)[1..]);
+    let want = std::fs::read(&reference).unwrap();
+    for (i, kills) in [vec![150u64], vec![1200], vec![2500], vec![900, 900]].into_iter().enumerate() {
+        let out = dir.path().join(format!("r{i}.npy"));
+        for (k, ms) in kills.iter().enumerate() {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ensembed"))
+                .args(args(&out, "20", "64", k > 0))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+        }
+        ok(&args(&out, "20", "64", true)[1..]);
+        assert!(std::fs::read(&out).unwrap() == want, "r{i}.npy differs after kills at {kills:?} ms and --resume");
+        assert_no_output_temps(&out);
+    }
+}
+
 /// No temporary directories of `out` (model or checkpoint) are left beside it.
 fn assert_no_output_temps(out: &Path) {
     let name = out.file_name().unwrap().to_string_lossy().into_owned();

@@ -135,8 +135,8 @@ impl EnsembleModel {
         // One metadata key: safetensors writes metadata from a HashMap, whose order varies
         // from run to run, and the same model must give the same bytes.
         let meta = HashMap::from([(META_KEY.to_string(), serde_json::to_string(&self.spec).expect("spec serialises"))]);
-        let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| Error::format(path, "tensors", e.to_string()))?;
-        fsio::write_atomic(path, &bytes)
+        // Streamed from the weights: no second copy of them (ensembed::memory's bound).
+        fsio::write_safetensors(path, &views, Some(meta))
     }
 
     /// Reads a model written by [`EnsembleModel::save`], checking every tensor's shape against

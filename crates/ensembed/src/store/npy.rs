@@ -672,6 +672,16 @@ pub(crate) fn with_mapped<T>(path: &Path, f: impl FnOnce(&[u8]) -> Result<T>) ->
 /// Writes an array with numpy's exact header layout (version 1.0, C order, data aligned to 64
 /// bytes), through a temporary file renamed into place so a reader never sees half a file.
 fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<()> {
+    let header = npy_header(path, descr, shape)?;
+    crate::fsio::write_atomic_with(path, |f| {
+        f.write_all(&header)?;
+        f.write_all(data)
+    })
+}
+
+/// The bytes before the data of a `.npy` of `descr` and `shape` in numpy's exact layout, for
+/// writers that stream the data after it; `path` only names the file in errors.
+pub(crate) fn npy_header(path: &Path, descr: &str, shape: &[usize]) -> Result<Vec<u8>> {
     let mut header = format!(
         "{{'descr': '{descr}', 'fortran_order': False, 'shape': {}, }}",
         py_shape(shape)
@@ -690,13 +700,12 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) -> Result<(
         )
     })?;
 
-    crate::fsio::write_atomic_with(path, |f| {
-        f.write_all(MAGIC)?;
-        f.write_all(&[1, 0])?;
-        f.write_all(&hlen.to_le_bytes())?;
-        f.write_all(header.as_bytes())?;
-        f.write_all(data)
-    })
+    let mut bytes = Vec::with_capacity(MAGIC.len() + 4 + header.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&[1, 0]);
+    bytes.extend_from_slice(&hlen.to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    Ok(bytes)
 }
 
 /// Little-endian bytes of a numeric slice (borrowed on little-endian hosts).

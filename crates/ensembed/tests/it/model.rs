@@ -210,11 +210,86 @@ fn dense_bank_moves_rows_outside_the_batch_and_lazy_does_not() {
     for mode in [BankMode::Dense, BankMode::Lazy] {
         let mut bank = Bank::new(start.clone(), mode);
         bank.step(&hp, &[0, 1], &[0.3, 0.3, 0.2, -0.1]);
-        assert!(max_abs_diff(bank.repr.row(1), &[0.9, -0.9]) < 1e-6);
+        bank.flush();
+        assert!(max_abs_diff(bank.repr().row(1), &[0.9, -0.9]) < 1e-6);
         bank.step(&hp, &[0], &[0.3, 0.3]);
+        bank.flush();
         let want: &[f32] = if mode == BankMode::Dense { &[0.83299418, -0.83299419] } else { &[0.9, -0.9] };
-        assert!(max_abs_diff(bank.repr.row(1), want) < 1e-6, "{mode:?}: {:?}", bank.repr.row(1));
+        assert!(max_abs_diff(bank.repr().row(1), want) < 1e-6, "{mode:?}: {:?}", bank.repr().row(1));
     }
+}
+
+/// Eager dense Adam over the whole bank, written out as `torch.optim.Adam` computes it (the
+/// pre-deferral implementation): every row takes every step, zero gradient outside the batch.
+fn eager_dense_step(hp: &AdamParams, t: u64, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: usize, idx: &[usize], grad: &[f32]) {
+    let bc1 = 1.0 - (hp.beta1 as f64).powf(t as f64);
+    let bc2 = 1.0 - (hp.beta2 as f64).powf(t as f64);
+    let (step_size, bc2_sqrt) = ((hp.lr as f64 / bc1) as f32, bc2.sqrt() as f32);
+    let mut g = vec![0.0f32; p.len()];
+    for (pos, &i) in idx.iter().enumerate() {
+        g[i * d..(i + 1) * d].copy_from_slice(&grad[pos * d..(pos + 1) * d]);
+    }
+    for k in 0..p.len() {
+        m[k] += (g[k] - m[k]) * (1.0 - hp.beta1);
+        v[k] = hp.beta2 * v[k] + (1.0 - hp.beta2) * g[k] * g[k];
+        p[k] -= step_size * m[k] / (v[k].sqrt() / bc2_sqrt + hp.eps);
+    }
+}
+
+#[test]
+fn dense_bank_with_deferred_steps_is_bit_identical_to_eager_adam() {
+    // The dense bank replays rows' zero-gradient steps lazily (model/bank.rs); every bit of
+    // the representations and both moments must equal eager stepping: across gathers, flushes,
+    // a checkpoint round trip, a width that is not a multiple of the kernel's lanes, and rows
+    // idle for a thousand steps (their first moments decay into subnormal numbers).
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+    let hp = AdamParams { lr: 3e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let (n, d, b) = (41, 70, 6);
+    let mut r = rng(21);
+    let start = random_matrix(&mut r, n, d);
+    let (mut p, mut m, mut v) = (start.data.clone(), vec![0.0f32; n * d], vec![0.0f32; n * d]);
+    let mut bank = Bank::new(start, BankMode::Dense);
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut out = vec![0.0f32; b * d];
+    let mut t = 0u64;
+    let mut step = |bank: &mut Bank, p: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, idx: &[usize], r: &mut rand_chacha::ChaCha8Rng| {
+        let grad: Vec<f32> = (0..idx.len() * d).map(|_| r.random_range(-1e-3f32..1e-3)).collect();
+        bank.gather(idx, &mut out[..idx.len() * d]);
+        assert_eq!(bits(&out[..idx.len() * d]), bits(&idx.iter().flat_map(|&i| p[i * d..(i + 1) * d].to_vec()).collect::<Vec<_>>()));
+        t += 1;
+        eager_dense_step(&hp, t, p, m, v, d, idx, &grad);
+        bank.step(&hp, idx, &grad);
+    };
+    for epoch in 0..4 {
+        order.shuffle(&mut r);
+        for idx in order.chunks(b) {
+            step(&mut bank, &mut p, &mut m, &mut v, idx, &mut r);
+        }
+        if epoch == 1 {
+            // Mid-way: flushed state, as a checkpoint sees it, and a restored bank continues.
+            bank.flush();
+            assert_eq!(bits(&bank.repr().data), bits(&p));
+            let (bm, bv, bt, rows) = bank.parts();
+            assert_eq!((bits(bm), bits(bv)), (bits(&m), bits(&v)));
+            bank = Bank::from_parts(bank.repr().clone(), bm.to_vec(), bv.to_vec(), bt, rows.to_vec(), BankMode::Dense);
+        }
+    }
+    // A step whose batch lists a row twice (the last gradient wins), then rows 0..3 alone for
+    // a thousand steps while the rest idle.
+    step(&mut bank, &mut p, &mut m, &mut v, &[5, 9, 5], &mut r);
+    for _ in 0..1000 {
+        step(&mut bank, &mut p, &mut m, &mut v, &[2, 0, 1], &mut r);
+    }
+    assert!(m.iter().any(|x| x.is_subnormal()), "the test should reach subnormal moments");
+    let (bm, bv) = {
+        bank.flush();
+        let (bm, bv, _, _) = bank.parts();
+        (bm.to_vec(), bv.to_vec())
+    };
+    assert_eq!((bits(&bm), bits(&bv)), (bits(&m), bits(&v)));
+    assert_eq!(bits(&bank.into_repr().data), bits(&p));
 }
 
 #[test]
@@ -309,6 +384,57 @@ fn lazy_embedding_of_a_row_does_not_depend_on_its_call() {
         assert!(max_abs_diff(some.representations.row(o), all.representations.row(i)) < 1e-6);
     }
     assert!(all.history.last().unwrap() < &all.history[0]);
+}
+
+#[test]
+fn streamed_lazy_embedding_is_byte_identical_for_any_chunk_and_restart() {
+    use ensembed::embed::{embed_lazy_rows, loss_history};
+    let mut r = rng(31);
+    let train = InMemory::unnamed(vec![random_features(&mut r, 60, 12), random_features(&mut r, 60, 12)]).unwrap();
+    let test = InMemory::unnamed(vec![random_features(&mut r, 23, 12), random_features(&mut r, 23, 12)]).unwrap();
+    let fitted = fit(&train, &FitConfig { bank: BankMode::Lazy, ..small_fit_config() }, &NoProgress).unwrap();
+    let cfg = EmbedConfig { epochs: 4, batch: 5, bank: BankMode::Lazy, ..Default::default() };
+    let whole = embed(&fitted.model, &test, &cfg, &NoProgress).unwrap();
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    // Any chunk size (rounded up to whole batches of 5): the same bits and the same losses.
+    for (chunk, firsts) in [(1, vec![0, 5, 10, 15, 20]), (7, vec![0, 10, 20]), (100, vec![0])] {
+        let (mut out, mut sums, mut seen) = (vec![f32::NAN; 23 * 12], vec![0.0; 4], Vec::new());
+        embed_lazy_rows(&fitted.model, &test, &cfg, 0, &mut sums, chunk, &NoProgress, &mut |first, rows, _| {
+            seen.push(first);
+            out[first * 12..first * 12 + rows.len()].copy_from_slice(rows);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, firsts, "chunk {chunk}");
+        assert_eq!(bits(&out), bits(&whole.representations.data), "chunk {chunk}");
+        assert_eq!(loss_history(&sums, 23, 2), whole.history, "chunk {chunk}");
+    }
+    // Interrupted after 10 rows, restarted there with the loss sums reached: the same result.
+    let (mut out, mut sums, mut saved) = (vec![f32::NAN; 23 * 12], vec![0.0; 4], Vec::new());
+    let stop = embed_lazy_rows(&fitted.model, &test, &cfg, 0, &mut sums, 5, &NoProgress, &mut |first, rows, s| {
+        out[first * 12..first * 12 + rows.len()].copy_from_slice(rows);
+        if first == 5 {
+            saved = s.to_vec();
+            return Err(ensembed::Error::config("test", "stop", "interrupted on purpose"));
+        }
+        Ok(())
+    });
+    assert!(stop.is_err());
+    embed_lazy_rows(&fitted.model, &test, &cfg, 10, &mut saved, 5, &NoProgress, &mut |first, rows, _| {
+        out[first * 12..first * 12 + rows.len()].copy_from_slice(rows);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(bits(&out), bits(&whole.representations.data), "restarted at row 10");
+    assert_eq!(loss_history(&saved, 23, 2), whole.history);
+    // Restart points inside a batch, and the dense bank, are refused by name; the end is a no-op.
+    let mut sink = |_: usize, _: &[f32], _: &[f64]| -> ensembed::Result<()> { panic!("nothing to write") };
+    let e = embed_lazy_rows(&fitted.model, &test, &cfg, 7, &mut [0.0; 4], 5, &NoProgress, &mut sink).unwrap_err().to_string();
+    assert!(e.contains("start row") && e.contains('7'), "{e}");
+    let dense = EmbedConfig { bank: BankMode::Dense, ..cfg.clone() };
+    let e = embed_lazy_rows(&fitted.model, &test, &dense, 0, &mut [0.0; 4], 5, &NoProgress, &mut sink).unwrap_err().to_string();
+    assert!(e.contains("lazy"), "{e}");
+    embed_lazy_rows(&fitted.model, &test, &cfg, 23, &mut [0.0; 4], 5, &NoProgress, &mut sink).unwrap();
 }
 
 #[test]

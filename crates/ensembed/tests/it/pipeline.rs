@@ -197,6 +197,33 @@ fn assert_same_fit(a: &FitOutput, b: &FitOutput, what: &str) {
 }
 
 #[test]
+fn memory_bound_counts_every_buffer_of_a_fit_and_status_parses() {
+    use ensembed::memory::{fit_memory, parse_status, ProcessMemory, RUNTIME_ALLOWANCE};
+    // Two backbones of width 64, n = 1000, batch 100, depth 2 (64 -> 64 -> 64), dense bank:
+    let b = fit_memory(1000, &[64, 64], &FitConfig { batch: 100, ..Default::default() });
+    assert_eq!(b.bank, 1000 * 64 * 4);
+    assert_eq!(b.bank_state, 2 * 1000 * 64 * 4 + 1000 * 8, "two moments, a u64 step per row");
+    assert_eq!(b.order, 2 * 1000 * 8);
+    // (64*64 + 64) * 2 layers * 2 MLPs parameters, each with a gradient and two moments.
+    assert_eq!(b.mlps, 2 * 2 * (64 * 64 + 64) * 4 * 4);
+    // Per MLP: two layer outputs and two gradient buffers of 100 x 64; then the gathered rows
+    // (100 x 64), the targets (100 x 128) and the input and its gradient in two layouts.
+    assert_eq!(b.step, (2 * (100 * 128 + 2 * 100 * 64) + 100 * 64 + 100 * 128 + 4 * 100 * 64) * 4);
+    assert_eq!(b.init, 1000 * 64 * 4, "the average is built in blocks of up to 4096 rows");
+    assert_eq!(b.total(), b.bank + b.bank_state + b.order + b.mlps + b.step + RUNTIME_ALLOWANCE);
+    let lazy = fit_memory(1000, &[64, 64], &FitConfig { batch: 100, bank: BankMode::Lazy, ..Default::default() });
+    assert_eq!(lazy.bank_state, 2 * 1000 * 64 * 4 + 1000 * 4);
+    // Linux's /proc/self/status (values in kB).
+    let text = "Name:\tensembed\nVmPeak:\t  9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\nRssAnon:\t     512 kB\nRssFile:\t     500 kB\nRssShmem:\t      12 kB\n";
+    assert_eq!(parse_status(text), Some(ProcessMemory { peak_rss: 2048 << 10, rss: 1024 << 10, rss_anon: 512 << 10, rss_file: 500 << 10 }));
+    assert_eq!(parse_status("Name:\tx\n"), None);
+    if cfg!(target_os = "linux") {
+        let m = ensembed::memory::process_memory().expect("/proc/self/status on Linux");
+        assert!(m.peak_rss >= m.rss && m.rss >= m.rss_anon && m.rss_anon > 0, "{m:?}");
+    }
+}
+
+#[test]
 fn fit_on_a_store_equals_fit_in_memory() {
     let train = load_split("train");
     let mem = in_memory(&train);

@@ -243,6 +243,80 @@ fn npy_round_trip() {
     assert_eq!(read_npy(&p).unwrap().shape, [0, 3]);
 }
 
+#[test]
+fn streamed_writers_are_byte_identical_to_whole_buffer_serialisation() {
+    use std::collections::HashMap;
+
+    use ensembed::artifact::{write_representations, RepresentationWriter};
+    use safetensors::tensor::{Dtype as St, TensorView};
+    let dir = tempfile::tempdir().unwrap();
+    // Tensors of several dtypes and names, given out of order: the streamed data must follow
+    // the order safetensors' header gives them.
+    let (f, g): (Vec<f32>, Vec<f32>) = ((0..12).map(|i| i as f32 * 0.5).collect(), vec![1.0, -2.0, 3.0, -4.0]);
+    let (u, l): (Vec<u32>, Vec<u64>) = (vec![7, 8, 9], vec![1, 2]);
+    let tensors = vec![
+        ("b.f".to_string(), TensorView::new(St::F32, vec![3, 4], bytemuck::cast_slice(&f)).unwrap()),
+        ("a.u".to_string(), TensorView::new(St::U32, vec![3], bytemuck::cast_slice(&u)).unwrap()),
+        ("c.l".to_string(), TensorView::new(St::U64, vec![2], bytemuck::cast_slice(&l)).unwrap()),
+        ("a.f".to_string(), TensorView::new(St::F32, vec![2, 2], bytemuck::cast_slice(&g)).unwrap()),
+    ];
+    let meta = HashMap::from([("k".to_string(), "v".to_string())]);
+    let p = dir.path().join("t.safetensors");
+    ensembed::fsio::write_safetensors(&p, &tensors, Some(meta.clone())).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), safetensors::serialize(tensors.clone(), Some(meta)).unwrap());
+
+    // Representations: whole, in uneven blocks, and resumed after a cut, against numpy's layout
+    // (write_npy_f32, checked against np.save above) and safetensors::serialize.
+    let m = random_matrix(&mut rng(4), 23, 5);
+    for ext in ["npy", "safetensors"] {
+        let want = if ext == "npy" {
+            let q = dir.path().join("want.npy");
+            write_npy_f32(&q, &m).unwrap();
+            std::fs::read(&q).unwrap()
+        } else {
+            let view = TensorView::new(St::F32, vec![23, 5], bytemuck::cast_slice(&m.data)).unwrap();
+            let meta = HashMap::from([("format".to_string(), "ensembed-representations".to_string())]);
+            safetensors::serialize([("representations", view)], Some(meta)).unwrap()
+        };
+        let p = dir.path().join(format!("r.{ext}"));
+        write_representations(&p, &m).unwrap();
+        assert!(std::fs::read(&p).unwrap() == want, "{ext}: whole");
+        let mut w = RepresentationWriter::create(&p, 23, 5).unwrap();
+        m.data.chunks(4 * 5).for_each(|rows| w.write_rows(rows).unwrap());
+        w.finish().unwrap();
+        assert!(std::fs::read(&p).unwrap() == want, "{ext}: in blocks of 4 rows");
+        let tmp = dir.path().join(format!(".r.{ext}.partial"));
+        let mut w = RepresentationWriter::resumable(&p, &tmp, 23, 5, 0).unwrap();
+        w.write_rows(&m.data[..9 * 5]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        assert!(tmp.exists(), "a resumable writer keeps its file when dropped unfinished");
+        let mut w = RepresentationWriter::resumable(&p, &tmp, 23, 5, 7).unwrap();
+        assert_eq!(w.rows_written(), 7);
+        w.write_rows(&m.data[7 * 5..]).unwrap();
+        w.finish().unwrap();
+        assert!(std::fs::read(&p).unwrap() == want, "{ext}: resumed after 7 of 9 rows");
+        assert!(!tmp.exists());
+        // Too many rows, too few, or a resume point past what the file holds: errors with the
+        // counts, and no temporary file left.
+        let q = dir.path().join(format!("short.{ext}"));
+        let mut w = RepresentationWriter::create(&q, 2, 5).unwrap();
+        let e = w.write_rows(&m.data[..15]).unwrap_err().to_string();
+        assert!(e.contains('2') && e.contains("15"), "{e}");
+        let e = w.finish().unwrap_err().to_string();
+        assert!(e.contains('2') && e.contains('0'), "{e}");
+        let mut w = RepresentationWriter::resumable(&q, &tmp, 23, 5, 0).unwrap();
+        w.write_rows(&m.data[..3 * 5]).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        let e = RepresentationWriter::resumable(&q, &tmp, 23, 5, 30).unwrap_err().to_string();
+        assert!(e.contains("30 rows"), "{e}");
+        std::fs::remove_file(&tmp).unwrap();
+        assert!(!q.exists());
+    }
+    assert_eq!(entries(dir.path()), ["r.npy", "r.safetensors", "t.safetensors", "want.npy"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // .npy rejections
 
