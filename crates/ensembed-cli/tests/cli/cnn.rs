@@ -14,16 +14,6 @@ fn p(path: &Path) -> String {
     path.display().to_string()
 }
 
-fn shared(test: &str) -> Option<PathBuf> {
-    let p = repo_root().join("../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("SKIP {test}: ../shared is not present beside the repository (it is in CI)");
-        None
-    }
-}
-
 fn resnet20(sh: &Path) -> PathBuf {
     let dir = sh.join("data/models/cifar-resnet");
     std::fs::read_dir(&dir)

@@ -182,3 +182,14 @@ pub fn synthetic(rows: usize, cols: usize, seed: u32) -> Matrix {
         .collect();
     Matrix::from_vec(rows, cols, data).unwrap()
 }
+
+/// `../shared` beside the repository, or a visible SKIP (a user's clone has none; CI has it).
+pub fn shared(test: &str) -> Option<PathBuf> {
+    let p = repo_root().join("../shared");
+    if p.is_dir() {
+        Some(p)
+    } else {
+        eprintln!("SKIP {test}: ../shared is not present beside the repository (it is in CI)");
+        None
+    }
+}

@@ -669,16 +669,6 @@ fn sharded_lazy_embedding_equals_the_whole_store() {
 
 // ---- backbones -------------------------------------------------------------------------------
 
-/// `../shared` beside the repository, or a visible SKIP.
-fn shared(test: &str) -> Option<std::path::PathBuf> {
-    let p = repo_root().join("../shared");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("SKIP {test}: ../shared is not present beside the repository (it is in CI)");
-        None
-    }
-}
 
 #[test]
 fn classify_gives_the_known_answers() {
