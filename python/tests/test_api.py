@@ -319,8 +319,14 @@ def test_ctrl_c_interrupts_a_long_fit():
         if not timer.is_alive() and not sent:
             timer.start()
 
-    with pytest.raises(KeyboardInterrupt):
-        ensembed.fit(feats, epochs=10_000, batch=16, threads=1, progress=on_progress)
+    # A shell that starts a job in the background (CI runners, `cmd &`) hands it SIGINT ignored,
+    # and Python then keeps it ignored: install Python's own handler for the test's duration.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ensembed.fit(feats, epochs=10_000, batch=16, threads=1, progress=on_progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sent and time.perf_counter() - sent[0] < 10
     timer.join()
     # The interpreter and the package still work.
