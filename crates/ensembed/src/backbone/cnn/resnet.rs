@@ -110,6 +110,36 @@ fn count_blocks(w: &Weights, prefix: &str) -> usize {
         .count()
 }
 
+/// The residual stages `layer1` ..= `layer{stages}` of a ResNet, both families: the blocks of
+/// each stage are counted from the weights, the first block of every stage after the first has
+/// stride 2, and `block(prefix, in_channels, stride)` builds one block and gives its output
+/// channels. Returns the blocks, the blocks per stage and the final channel count; a missing
+/// stage is an error saying `missing: {layout}`.
+fn build_stages(
+    w: &Weights,
+    stages: usize,
+    mut c: usize,
+    layout: &str,
+    mut block: impl FnMut(&str, usize, usize) -> Result<(Block, usize)>,
+) -> Result<(Vec<Block>, Vec<usize>, usize)> {
+    let mut blocks = Vec::new();
+    let mut per_stage = Vec::new();
+    for stage in 1..=stages {
+        let n = count_blocks(w, &format!("layer{stage}"));
+        if n == 0 {
+            return Err(Error::format(w.path(), format!("layer{stage}.0.conv1.weight"), format!("missing: {layout}")));
+        }
+        per_stage.push(n);
+        for i in 0..n {
+            let stride = if stage > 1 && i == 0 { 2 } else { 1 };
+            let (b, out_c) = block(&format!("layer{stage}.{i}"), c, stride)?;
+            blocks.push(b);
+            c = out_c;
+        }
+    }
+    Ok((blocks, per_stage, c))
+}
+
 /// The CIFAR ResNet-(6n+2) of akamaster/pytorch_resnet_cifar10.
 pub struct CifarResNet {
     stem: Conv2d,
@@ -122,61 +152,27 @@ impl CifarResNet {
     pub fn build(sd: &StateDict) -> Result<CifarResNet> {
         let w = Weights::new(sd);
         let stem = w.conv_bn("conv1", "bn1", 3, 1, Padding::Symmetric(1), EPS)?;
-        let mut c = stem.oc;
-        let mut blocks = Vec::new();
-        let mut per_stage = Vec::new();
-        for stage in 1..=3 {
-            let n = count_blocks(&w, &format!("layer{stage}"));
-            if n == 0 {
+        let (blocks, per_stage, c) = build_stages(&w, 3, stem.oc, "a CIFAR ResNet has stages layer1, layer2 and layer3", |p, c, stride| {
+            let conv1 = w.conv_bn(&format!("{p}.conv1"), &format!("{p}.bn1"), c, stride, Padding::Symmetric(1), EPS)?;
+            let planes = conv1.oc;
+            let conv2 = w.conv_bn(&format!("{p}.conv2"), &format!("{p}.bn2"), planes, 1, Padding::Symmetric(1), EPS)?;
+            let shortcut = if stride == 1 && c == planes {
+                Shortcut::Identity
+            } else if c + 2 * (planes / 4) == planes {
+                Shortcut::OptionA { pad: planes / 4 }
+            } else {
                 return Err(Error::format(
                     w.path(),
-                    format!("layer{stage}.0.conv1.weight"),
-                    "missing: a CIFAR ResNet has stages layer1, layer2 and layer3",
+                    format!("{p}.conv1.weight"),
+                    format!(
+                        "{c} -> {planes} channels: an option-A shortcut pads planes/4 = {} zero \
+                         channels on each side, which does not reach {planes}",
+                        planes / 4
+                    ),
                 ));
-            }
-            per_stage.push(n);
-            for i in 0..n {
-                let p = format!("layer{stage}.{i}");
-                let stride = if stage > 1 && i == 0 { 2 } else { 1 };
-                let conv1 = w.conv_bn(
-                    &format!("{p}.conv1"),
-                    &format!("{p}.bn1"),
-                    c,
-                    stride,
-                    Padding::Symmetric(1),
-                    EPS,
-                )?;
-                let planes = conv1.oc;
-                let conv2 = w.conv_bn(
-                    &format!("{p}.conv2"),
-                    &format!("{p}.bn2"),
-                    planes,
-                    1,
-                    Padding::Symmetric(1),
-                    EPS,
-                )?;
-                let shortcut = if stride == 1 && c == planes {
-                    Shortcut::Identity
-                } else if c + 2 * (planes / 4) == planes {
-                    Shortcut::OptionA { pad: planes / 4 }
-                } else {
-                    return Err(Error::format(
-                        w.path(),
-                        format!("{p}.conv1.weight"),
-                        format!(
-                            "{c} -> {planes} channels: an option-A shortcut pads planes/4 = {} zero \
-                             channels on each side, which does not reach {planes}",
-                            planes / 4
-                        ),
-                    ));
-                };
-                blocks.push(Block {
-                    convs: vec![conv1, conv2],
-                    shortcut,
-                });
-                c = planes;
-            }
-        }
+            };
+            Ok((Block { convs: vec![conv1, conv2], shortcut }, planes))
+        })?;
         let head = w.linear("linear", c)?;
         w.finish("a CIFAR ResNet")?;
         Ok(CifarResNet {
@@ -266,81 +262,57 @@ impl ResNet {
             ));
         }
         let bottleneck = w.contains("layer1.0.conv3.weight");
-        let mut c = stem.oc;
-        let mut blocks = Vec::new();
-        let mut per_stage = Vec::new();
-        for stage in 1..=4 {
-            let n = count_blocks(&w, &format!("layer{stage}"));
-            if n == 0 {
-                return Err(Error::format(
-                    w.path(),
-                    format!("layer{stage}.0.conv1.weight"),
-                    "missing: a torchvision ResNet has stages layer1 to layer4",
-                ));
-            }
-            per_stage.push(n);
-            for i in 0..n {
-                let p = format!("layer{stage}.{i}");
-                let stride = if stage > 1 && i == 0 { 2 } else { 1 };
-                let cb = |k: usize, ic: usize, s: usize, pad: usize| {
-                    w.conv_bn(
-                        &format!("{p}.conv{k}"),
-                        &format!("{p}.bn{k}"),
-                        ic,
-                        s,
-                        Padding::Symmetric(pad),
-                        EPS,
-                    )
-                };
-                let convs = if bottleneck {
-                    // v1.5: the stride sits on the 3x3 convolution, not the first 1x1.
-                    let c1 = cb(1, c, 1, 0)?;
-                    let c2 = cb(2, c1.oc, stride, 1)?;
-                    let c3 = cb(3, c2.oc, 1, 0)?;
-                    if (c1.kh, c2.kh, c3.kh) != (1, 3, 1) {
-                        return Err(Error::format(
-                            w.path(),
-                            format!("{p}.conv2.weight"),
-                            "a bottleneck block needs 1x1, 3x3, 1x1 convolutions",
-                        ));
-                    }
-                    vec![c1, c2, c3]
-                } else {
-                    let c1 = cb(1, c, stride, 1)?;
-                    let c2 = cb(2, c1.oc, 1, 1)?;
-                    vec![c1, c2]
-                };
-                let out_c = convs.last().unwrap().oc;
-                let shortcut = if w.contains(&format!("{p}.downsample.0.weight")) {
-                    let d = w.conv_bn(
-                        &format!("{p}.downsample.0"),
-                        &format!("{p}.downsample.1"),
-                        c,
-                        stride,
-                        Padding::Symmetric(0),
-                        EPS,
-                    )?;
-                    if d.oc != out_c || d.kh != 1 {
-                        return Err(Error::format(
-                            w.path(),
-                            format!("{p}.downsample.0.weight"),
-                            format!("expected a 1x1 convolution to {out_c} channels"),
-                        ));
-                    }
-                    Shortcut::Projection(d)
-                } else if stride == 1 && c == out_c {
-                    Shortcut::Identity
-                } else {
+        let (blocks, per_stage, c) = build_stages(&w, 4, stem.oc, "a torchvision ResNet has stages layer1 to layer4", |p, c, stride| {
+            let cb = |k: usize, ic: usize, s: usize, pad: usize| {
+                w.conv_bn(&format!("{p}.conv{k}"), &format!("{p}.bn{k}"), ic, s, Padding::Symmetric(pad), EPS)
+            };
+            let convs = if bottleneck {
+                // v1.5: the stride sits on the 3x3 convolution, not the first 1x1.
+                let c1 = cb(1, c, 1, 0)?;
+                let c2 = cb(2, c1.oc, stride, 1)?;
+                let c3 = cb(3, c2.oc, 1, 0)?;
+                if (c1.kh, c2.kh, c3.kh) != (1, 3, 1) {
+                    return Err(Error::format(
+                        w.path(),
+                        format!("{p}.conv2.weight"),
+                        "a bottleneck block needs 1x1, 3x3, 1x1 convolutions",
+                    ));
+                }
+                vec![c1, c2, c3]
+            } else {
+                let c1 = cb(1, c, stride, 1)?;
+                let c2 = cb(2, c1.oc, 1, 1)?;
+                vec![c1, c2]
+            };
+            let out_c = convs.last().unwrap().oc;
+            let shortcut = if w.contains(&format!("{p}.downsample.0.weight")) {
+                let d = w.conv_bn(
+                    &format!("{p}.downsample.0"),
+                    &format!("{p}.downsample.1"),
+                    c,
+                    stride,
+                    Padding::Symmetric(0),
+                    EPS,
+                )?;
+                if d.oc != out_c || d.kh != 1 {
                     return Err(Error::format(
                         w.path(),
                         format!("{p}.downsample.0.weight"),
-                        format!("missing: the block changes {c} -> {out_c} channels or has stride {stride}"),
+                        format!("expected a 1x1 convolution to {out_c} channels"),
                     ));
-                };
-                blocks.push(Block { convs, shortcut });
-                c = out_c;
-            }
-        }
+                }
+                Shortcut::Projection(d)
+            } else if stride == 1 && c == out_c {
+                Shortcut::Identity
+            } else {
+                return Err(Error::format(
+                    w.path(),
+                    format!("{p}.downsample.0.weight"),
+                    format!("missing: the block changes {c} -> {out_c} channels or has stride {stride}"),
+                ));
+            };
+            Ok((Block { convs, shortcut }, out_c))
+        })?;
         let head = if w.contains("fc.weight") {
             Some(w.linear("fc", c)?)
         } else {
