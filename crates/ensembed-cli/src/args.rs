@@ -69,18 +69,24 @@ pub struct ExtractArgs {
     /// `ensembed backbones`). Repeat.
     #[arg(long = "backbone", required = true, value_name = "[NAME=]FILE")]
     pub backbones: Vec<String>,
-    /// Image folder: DIR/<class>/<image> (sorted class folders give the labels).
-    #[arg(long)]
+    /// The images: a folder DIR/<class>/<image> (sorted class folders give the labels), a plain
+    /// folder of images (no labels), or a list file with `path[,label]` per line (paths
+    /// relative to the list file; labels all integers or all class names).
+    #[arg(long, value_name = "DIR|LIST")]
     pub images: PathBuf,
     /// Output store.
     #[arg(long)]
     pub out: PathBuf,
-    /// Images per batch.
+    /// Images per batch (also the unit a killed run resumes from).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
     /// Replace an existing store.
     #[arg(long)]
     pub overwrite: bool,
+    /// Continue an interrupted extraction (its work is kept in .OUT.extract-partial beside the
+    /// output) instead of starting over; it must use the same images, backbones and batch.
+    #[arg(long)]
+    pub resume: bool,
     #[command(flatten)]
     pub preprocess: PreprocessArgs,
 }

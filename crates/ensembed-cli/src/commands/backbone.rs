@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ensembed::backbone::{extract_folder, supported, Backbone, RgbImage};
+use ensembed::backbone::{extract_images, extract_partial_path, file_fingerprint, list_images, supported, Backbone, ExtractOptions, RgbImage};
 
 use crate::args::{ClassifyArgs, ExtractArgs};
 use crate::progress::Bars;
@@ -13,6 +13,7 @@ use crate::progress::Bars;
 pub fn extract(a: ExtractArgs, progress: &Bars) -> Result<()> {
     let over = a.preprocess.resolve();
     let mut models = Vec::new();
+    let mut fingerprints = Vec::new();
     for spec in &a.backbones {
         let (name, file) = match spec.split_once('=') {
             Some((n, f)) => (n.to_string(), PathBuf::from(f)),
@@ -24,10 +25,32 @@ pub fn extract(a: ExtractArgs, progress: &Bars) -> Result<()> {
         };
         let model = Backbone::load_with(&file, &over).with_context(|| format!("--backbone {spec}"))?;
         eprintln!("{name}: {}", model.describe());
+        // A resumed run must find the same weights and the same input pipeline.
+        let mut fingerprint = file_fingerprint(&file)?;
+        if let Backbone::Cnn(m) = &model {
+            fingerprint += &format!("; {}", m.describe());
+        }
+        fingerprints.push(fingerprint);
         models.push((name, model));
     }
+    let images = list_images(&a.images).with_context(|| format!("--images {}", a.images.display()))?;
+    let labels = match (&images.labels, &images.classes) {
+        (Some(_), Some(c)) => format!("{} classes", c.len()),
+        (Some(_), None) => "integer labels".into(),
+        _ => "no labels".into(),
+    };
+    eprintln!("{} images ({labels}) from {}", images.len(), a.images.display());
+    let partial = extract_partial_path(&a.out);
+    if partial.exists() {
+        if a.resume {
+            eprintln!("resuming the interrupted extraction in {}", partial.display());
+        } else {
+            eprintln!("note: discarding the partial work of an earlier interrupted extraction ({}); pass --resume to continue it", partial.display());
+        }
+    }
     let refs: Vec<(String, &Backbone)> = models.iter().map(|(n, m)| (n.clone(), m)).collect();
-    let out = extract_folder(&refs, &a.images, &a.out, a.batch, a.overwrite, progress)?;
+    let opts = ExtractOptions { batch: a.batch, overwrite: a.overwrite, resume: a.resume, fingerprints };
+    let out = extract_images(&refs, &images, &a.out, &opts, progress)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }

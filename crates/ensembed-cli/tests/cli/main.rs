@@ -6,6 +6,7 @@
 //! and no partial output.
 
 mod cnn;
+mod extract;
 mod helpers;
 
 use std::path::Path;

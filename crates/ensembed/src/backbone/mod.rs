@@ -4,7 +4,8 @@
 //! without executing anything; `plan.rs` checks every operator against its tensors and prepares
 //! it; `graph.rs` runs the plan; `conv.rs` and `ops.rs` compute the operators with TFLite's
 //! integer arithmetic (`quant.rs`); `preprocess.rs` and `jpeg.rs` decode and resize images as
-//! Pillow and libjpeg-turbo do; `extract.rs` walks an image folder into a store.
+//! Pillow and libjpeg-turbo do; `images.rs` lists an image folder or a list file, and
+//! `extract.rs` turns it, resumably, into a store.
 //!
 //! The aim is agreement with the official interpreter, and it is exact: on the coral models
 //! and CIFAR-10, the pooled features equal tflite-runtime 2.14's (builtin kernels) bit for bit,
@@ -26,6 +27,7 @@ pub mod cnn;
 mod conv;
 mod extract;
 mod graph;
+mod images;
 mod jpeg;
 mod ops;
 mod pickle;
@@ -45,7 +47,8 @@ use ops::QType;
 
 pub use any::{supported, Backbone, FeatureExtractor, FORMATS};
 pub use checkpoint::{load_checkpoint, StateDict, Tensor};
-pub use extract::{extract_folder, list_image_folder, ImageFolder};
+pub use extract::{extract_folder, extract_images, extract_partial_path, file_fingerprint, ExtractOptions};
+pub use images::{list_image_file, list_image_folder, list_images, ImageSet, IMAGE_EXTENSIONS};
 pub use preprocess::RgbImage;
 
 /// Largest model file read (bytes): flatbuffers address at most 2 GiB.

@@ -36,6 +36,7 @@ pub use import::import_numpy;
 pub use manifest::{check_backbone_name, BackboneEntry, Dtype, Manifest, MANIFEST_FILE};
 pub use shard::{merge_stores, shard_store, subset_store, Subset};
 pub use writer::StoreWriter;
+pub(crate) use writer::check_destination;
 
 use manifest::{FEATURES_TENSOR, LABELS_TENSOR};
 

@@ -203,8 +203,8 @@ fn an_image_folder_becomes_a_store() {
     std::fs::write(images.join("cat/notes.txt"), "not an image").unwrap();
     std::fs::write(images.join("stray.jpg"), "outside any class folder").unwrap();
     let folder = list_image_folder(&images).unwrap();
-    assert_eq!(folder.classes, ["cat", "ship"]);
-    let ids: Vec<&str> = folder.images.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(folder.classes.as_deref(), Some(&["cat".to_string(), "ship".to_string()][..]));
+    let ids: Vec<&str> = folder.ids.iter().map(String::as_str).collect();
     assert_eq!(
         ids,
         [

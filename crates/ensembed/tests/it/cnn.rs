@@ -572,14 +572,15 @@ fn cifar_resnet(shared: &Path, depth: usize) -> PathBuf {
 /// their labels.
 fn cifar_test(shared: &Path, per_class: usize) -> (Vec<RgbImage>, Vec<usize>) {
     let folder = list_image_folder(&shared.join("data/cifar10/test")).unwrap();
-    let mut taken = vec![0; folder.classes.len()];
+    let mut taken = vec![0; folder.classes.as_ref().unwrap().len()];
     let mut imgs = Vec::new();
     let mut labels = Vec::new();
-    for (id, l) in &folder.images {
-        if taken[*l] < per_class {
-            taken[*l] += 1;
-            imgs.push(RgbImage::open(&folder.root.join(id)).unwrap());
-            labels.push(*l);
+    for (i, &l) in folder.labels.as_ref().unwrap().iter().enumerate() {
+        let l = l as usize;
+        if taken[l] < per_class {
+            taken[l] += 1;
+            imgs.push(RgbImage::open(&folder.path(i)).unwrap());
+            labels.push(l);
         }
     }
     (imgs, labels)

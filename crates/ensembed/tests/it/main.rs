@@ -8,6 +8,7 @@ mod analysis;
 mod backbone;
 mod checkpoint;
 mod cnn;
+mod extract;
 mod fuzz;
 mod knn;
 mod linear;
