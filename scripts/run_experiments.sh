@@ -19,6 +19,8 @@
 #   lr-bank1e-2  --lr-bank 1e-2 (a faster bank than MLPs)
 #   depth1, depth3, depth4   --depth N (paper Fig. 10)
 #   wd1e-5       --weight-decay 1e-5
+#   batch128, batch512   --batch N with the learning rate scaled linearly (3e-4 x N/256)
+#   seedN        --seed N (another initialisation and batch order; baselines do not change)
 #   ensembed     what `--preset ensembed` selects (see README)
 #   ensembed-<setting>: the same change over `--preset ensembed` (e.g. ensembed-epochs100)
 set -euo pipefail
@@ -26,7 +28,7 @@ cd "$(dirname "$0")/.."
 STORES=$1; SET=$2; shift 2
 OUT=results/$SET
 mkdir -p "$OUT"
-BIN=target/release/ensembed
+BIN=${ENSEMBED_BIN:-target/release/ensembed}
 flags_of() {
   case $1 in
     paper) echo "--preset paper" ;;
@@ -41,6 +43,9 @@ flags_of() {
     lr-bank1e-2) echo "--preset paper --lr-bank 1e-2" ;;
     depth[0-9]) echo "--preset paper --depth ${1#depth}" ;;
     wd1e-5) echo "--preset paper --weight-decay 1e-5" ;;
+    batch128) echo "--preset paper --batch 128 --lr 1.5e-4" ;;
+    batch512) echo "--preset paper --batch 512 --lr 6e-4" ;;
+    seed[0-9]) echo "--preset paper --seed ${1#seed}" ;;
     ensembed-*) echo "$(flags_of "${1#ensembed-}" | sed 's/--preset paper/--preset ensembed/')" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
