@@ -26,7 +26,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the whole comparison on the real CIFAR-10 features shipped with ensembed.
+    /// Run the whole job on real data shipped with ensembed: extract 1,500 CIFAR-10 images
+    /// through three MobileNets, fit, embed and compare.
     Demo(DemoArgs),
     /// Build a feature store from numpy files (.npy, or FILE.npz:ARRAY).
     Import(ImportArgs),
@@ -222,6 +223,10 @@ pub struct DemoArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Compare the shipped MobileNetV2 features (data/demo/*.npz) instead of extracting the
+    /// shipped images through the shipped MobileNetV1s.
+    #[arg(long)]
+    pub shipped_features: bool,
 }
 
 #[derive(Args, Debug)]

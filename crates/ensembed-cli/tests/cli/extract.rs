@@ -187,3 +187,28 @@ fn extract_reads_a_list_file_with_class_names_and_a_plain_folder() {
     let bad = run(&["extract".to_string(), "--backbone".into(), p(&model), "--images".into(), p(&dir.path().join("missing.txt")), "--out".into(), p(&dir.path().join("x"))]);
     assert_clean_failure(&bad, &["missing.txt"]);
 }
+
+/// The default demo extracts the shipped images (data/demo/images.zip) through the shipped
+/// models itself; unpacked into folders and run through `extract` and `compare`, the same
+/// images give the same table, to the last digit (the same f16 features, the same fit).
+#[test]
+fn the_demo_from_images_equals_extract_then_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = repo_root().join("data/demo");
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(demo.join("images.zip")).unwrap()).unwrap();
+    zip.extract(dir.path().join("images")).unwrap();
+    let mut args: Vec<String> = vec!["extract".into()];
+    for (name, file) in [("mnv1-025", "mobilenet_v1_0.25_128_quant.tflite"), ("mnv1-050", "mobilenet_v1_0.5_160_quant.tflite"), ("mnv1-075", "mobilenet_v1_0.75_192_quant.tflite")] {
+        args.extend(["--backbone".into(), format!("{name}={}", p(&demo.join("models").join(file)))]);
+    }
+    for split in ["train", "test"] {
+        let mut a = args.clone();
+        a.extend(["--images".into(), p(&dir.path().join("images").join(split)), "--out".into(), p(&dir.path().join(split))]);
+        ok(&a);
+    }
+    let want = json(&["compare", "--train", &p(&dir.path().join("train")), "--test", &p(&dir.path().join("test")), "--epochs", "2", "--json"]);
+    let got = json(&["demo", "--epochs", "2", "--json"]);
+    assert_eq!(got["methods"].as_array().unwrap().len(), 5, "three backbones, concat and ours (no average of mixed widths): {got}");
+    assert_eq!(got["methods"], want["methods"]);
+    assert_eq!(got["fit_history"], want["fit_history"]);
+}

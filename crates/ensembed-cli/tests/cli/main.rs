@@ -122,7 +122,7 @@ fn round_trip_through_every_command() {
 
 #[test]
 fn demo_runs_and_its_baselines_match_the_numpy_reference() {
-    let c = json(&["demo", "--epochs", "2", "--json"]);
+    let c = json(&["demo", "--shipped-features", "--epochs", "2", "--json"]);
     assert_eq!(c["k"], 20);
     let top1 = c["knn_top1"].as_object().unwrap();
     let mut keys: Vec<&str> = top1.keys().map(String::as_str).collect();
