@@ -8,6 +8,8 @@
 #   SET         cifar10-mixed, cifar10-equal, fmnist-mixed (any STORES_DIR/SET-{train,test} pair)
 #   SETTING     a name from the table below
 #
+# ENSEMBED_REPORT=0 skips the full report of the headline settings (only the comparison JSON).
+#
 # The settings (flags over the paper's defaults, METHOD.md):
 #   paper        the paper's protocol exactly
 #   lazy         --bank lazy (per-row Adam state: only the batch's rows move)
@@ -57,7 +59,7 @@ for setting in "$@"; do
   echo "== $SET / $setting: ensembed compare $flags"
   start=$(date +%s)
   train=$STORES/$SET-train test=$STORES/$SET-test
-  if [ "$setting" = paper ] || [ "$setting" = ensembed ]; then
+  if { [ "$setting" = paper ] || [ "$setting" = ensembed ]; } && [ "${ENSEMBED_REPORT:-1}" != 0 ]; then
     # The two headline settings also get the full report (figures, diagnostics); its
     # comparison part is the same JSON `compare --json` prints.
     # shellcheck disable=SC2086
