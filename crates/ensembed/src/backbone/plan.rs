@@ -268,6 +268,11 @@ impl<'a> Planner<'a> {
                 format!("{z} is outside the range [{lo}, {hi}] of its type"),
             ));
         }
+        // The bytes first: `channels` comes from a declared shape (up to 2^28 elements), and
+        // only a buffer present in the file that holds the weights of that many channels (the
+        // callers check that `channels` is a dimension of `t`) justifies allocating two vectors
+        // of that length.
+        let bytes = self.constant(t, 1)?;
         let pick = |i: usize| if per == 1 { 0 } else { i };
         let zps = (0..channels)
             .map(|i| qp.zero_point[pick(i)] as i32)
@@ -275,7 +280,7 @@ impl<'a> Planner<'a> {
         let scales = (0..channels).map(|i| qp.scale[pick(i)]).collect();
         Ok(Weights {
             q,
-            bytes: self.constant(t, 1)?,
+            bytes,
             zps,
             scales,
         })
