@@ -15,3 +15,4 @@ mod model;
 mod pipeline;
 mod report;
 mod store;
+mod tflite_writer;
