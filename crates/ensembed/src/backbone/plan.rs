@@ -422,6 +422,15 @@ impl<'a> Planner<'a> {
             return Err(self.op_err("the operator has no output"));
         };
         let (out_i, out_t) = self.tensor(out_t)?;
+        // Outputs are declared before the operands beyond the first are checked, so an
+        // operator reading its own output (found by the fuzzer: an ADD whose second input was
+        // its output) would pass the "written before read" check and read nothing when run.
+        if op.inputs.iter().any(|&t| usize::try_from(t) == Ok(out_i)) {
+            return Err(self.op_err(format!(
+                "tensor `{}` is both an input and the output",
+                out_t.name
+            )));
+        }
         let (in_i, in_t) = self.required(0)?;
         let io = Io {
             input: self.act(in_i)?,

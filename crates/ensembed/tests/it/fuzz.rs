@@ -667,6 +667,19 @@ fn declared_sizes_larger_than_the_file_are_refused_before_allocating() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Found by the fuzzer (mutant 327,980 of `fuzz_tflite_models`): a model whose ADD takes its
+/// own output as its second input passed the planner (outputs are declared before the second
+/// operand is checked for having been written) and panicked when run. Refused when planned.
+#[test]
+fn an_operator_reading_its_own_output_is_refused() {
+    use ensembed::backbone::TfliteModel;
+    let name = "regression-add-reads-its-own-output.tflite";
+    let bytes = std::fs::read(corpus_dir("tflite").join(name)).unwrap();
+    let e = TfliteModel::from_bytes(&bytes, Path::new(name)).unwrap_err();
+    assert!(field_of(&e).starts_with("operators[") && field_of(&e).ends_with("(ADD)"), "{e}");
+    assert!(e.to_string().contains("is both an input and the output"), "{e}");
+}
+
 /// A model whose spec declares a backbone of width 0 has zero-element tensors that match any
 /// `dim`, so a tiny file could announce dim = 2^60 for `embed` to allocate. Refused on load.
 #[test]
