@@ -268,6 +268,11 @@ impl<'a> Planner<'a> {
                 format!("{z} is outside the range [{lo}, {hi}] of its type"),
             ));
         }
+        // The bytes first: `channels` comes from a declared shape (up to 2^28 elements), and
+        // only a buffer present in the file that holds the weights of that many channels (the
+        // callers check that `channels` is a dimension of `t`) justifies allocating two vectors
+        // of that length.
+        let bytes = self.constant(t, 1)?;
         let pick = |i: usize| if per == 1 { 0 } else { i };
         let zps = (0..channels)
             .map(|i| qp.zero_point[pick(i)] as i32)
@@ -275,7 +280,7 @@ impl<'a> Planner<'a> {
         let scales = (0..channels).map(|i| qp.scale[pick(i)]).collect();
         Ok(Weights {
             q,
-            bytes: self.constant(t, 1)?,
+            bytes,
             zps,
             scales,
         })
@@ -417,6 +422,15 @@ impl<'a> Planner<'a> {
             return Err(self.op_err("the operator has no output"));
         };
         let (out_i, out_t) = self.tensor(out_t)?;
+        // Outputs are declared before the operands beyond the first are checked, so an
+        // operator reading its own output (found by the fuzzer: an ADD whose second input was
+        // its output) would pass the "written before read" check and read nothing when run.
+        if op.inputs.iter().any(|&t| usize::try_from(t) == Ok(out_i)) {
+            return Err(self.op_err(format!(
+                "tensor `{}` is both an input and the output",
+                out_t.name
+            )));
+        }
         let (in_i, in_t) = self.required(0)?;
         let io = Io {
             input: self.act(in_i)?,

@@ -18,6 +18,11 @@ pub const MAX_IMAGE_FILE: u64 = 256 << 20;
 const MAX_SIDE: u32 = 1 << 14;
 /// Largest allocation the decoder may make (bytes).
 const MAX_DECODE_ALLOC: u64 = 512 << 20;
+/// Allocation every image file may cause, whatever its size (a 2048x2048 RGBA image, with room
+/// for the decoder's own buffers).
+const DECODE_ALLOC_FLOOR: u64 = 32 << 20;
+/// Decoded bytes per file byte allowed beyond the floor: deflate's largest ratio, with slack.
+const DECODE_RATIO: u64 = 1100;
 
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved (`[height, width, 3]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,14 +97,32 @@ impl RgbImage {
                 "not a JPEG, PNG or BMP file (unrecognised signature)",
             ));
         }
+        // The decoders allocate their output from the declared size before reading the pixel
+        // data, so a 68-byte PNG declaring 16384x8192 would cost 512 MB. Beyond a floor that
+        // any ordinary image fits, the budget grows with the file: an image whose pixels are
+        // all coded in it expands at most ~1032:1 (deflate's limit; a progressive 4:2:0 JPEG
+        // needs at least 6 bits per 16x16 pixels, 1024:1). Only a file that leaves pixels out
+        // (BMP RLE escapes) can claim more, and is refused beyond the floor.
+        let budget = MAX_DECODE_ALLOC
+            .min(DECODE_ALLOC_FLOOR.max(DECODE_RATIO.saturating_mul(bytes.len() as u64)));
         let mut limits = image::Limits::default();
         limits.max_image_width = Some(MAX_SIDE);
         limits.max_image_height = Some(MAX_SIDE);
-        limits.max_alloc = Some(MAX_DECODE_ALLOC);
+        limits.max_alloc = Some(budget);
         reader.limits(limits);
         let img = reader
             .decode()
-            .map_err(|e| Error::format(path, "image data", e.to_string()))?
+            .map_err(|e| match e {
+                image::ImageError::Limits(_) => Error::format(
+                    path,
+                    "image size",
+                    format!(
+                        "decoding needs more than {budget} bytes, more than a file of {} bytes can hold ({e}; at most {MAX_SIDE} pixels a side, {DECODE_RATIO} decoded bytes per file byte beyond {DECODE_ALLOC_FLOOR})",
+                        bytes.len()
+                    ),
+                ),
+                e => Error::format(path, "image data", e.to_string()),
+            })?
             .into_rgb8();
         let (w, h) = (img.width() as usize, img.height() as usize);
         RgbImage::new(w, h, img.into_raw())

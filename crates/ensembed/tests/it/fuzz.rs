@@ -3,12 +3,14 @@
 //! * A deterministic mutation fuzzer (seeded ChaCha, no nightly, no extra crates): every parser
 //!   that reads a file a user (or an attacker) can hand us gets mutants of valid seed files —
 //!   byte flips, truncations, insertions, deletions, splices between seeds, overwrites of
-//!   little-endian length fields with huge values, and edits of the numbers and words of text
+//!   little- and big-endian length fields with huge values, of aligned words with small
+//!   integers (flatbuffer indices and shapes), and edits of the numbers and words of text
 //!   headers (`shape`, `dtype`, `data_offsets`, JSON fields). Each call must return `Ok` or `Err`:
 //!   a panic is caught with `catch_unwind`, written to `target/fuzz-crashes/<parser>/` and fails
-//!   the test; a call slower than [`SLOW`] fails it too (hangs, quadratic blow-ups). Huge
-//!   allocations are ruled out by the parsers checking declared sizes against the bytes present
-//!   before allocating; a manual run under `ulimit -v` checks that (see `fuzz_all_parsers`).
+//!   the test; a call slower than [`SLOW`] fails it too (hangs, quadratic blow-ups), and so
+//!   does one that makes a single allocation larger than [`MAX_ALLOC`] (the test binary's
+//!   allocator records the largest request per thread, `helpers::largest_allocation`): parsers
+//!   must check declared sizes against the bytes present before allocating.
 //! * Seeds are generated here with the library (a store, models, a checkpoint) plus every file
 //!   under `tests/corpus/<parser>/` (numpy-written seeds and the regression inputs of fixed
 //!   crashes). CI runs a few hundred mutants per parser; `ENSEMBED_FUZZ_ITERS=N` runs N each.
@@ -30,12 +32,17 @@ use ensembed::{Error, InMemory, Matrix, NoProgress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::helpers::{random_features, rng};
+use crate::helpers::{largest_allocation, random_features, rng};
 
 /// One call slower than this is reported as a hang.
 const SLOW: Duration = Duration::from_secs(5);
 /// Mutants per parser in CI.
 const CI_ITERS: usize = 300;
+/// A single allocation larger than this while parsing a mutant of a few-KB seed means a size was
+/// taken from the file before it was checked against the bytes present: reported as a crash.
+/// (The largest legitimate ones are the output buffers of images, bounded by
+/// `RgbImage::decode`'s budget for small files, 32 MiB.)
+const MAX_ALLOC: usize = 64 << 20;
 
 fn iters() -> usize {
     std::env::var("ENSEMBED_FUZZ_ITERS")
@@ -102,7 +109,7 @@ fn mutate(r: &mut ChaCha8Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..r.random_range(1..=4) {
         let len = v.len();
-        match r.random_range(0..13) {
+        match r.random_range(0..14) {
             // Edit a number or a word inside the header of a safetensors or .npy file and fix the
             // header's length field, so that the mutant gets past the length check and reaches
             // the shape, dtype and offset checks.
@@ -147,13 +154,15 @@ fn mutate(r: &mut ChaCha8Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
                     v.splice(at..end, o[a..b].iter().copied());
                 }
             }
-            // Overwrite a little-endian integer (a length field) with an interesting value.
+            // Overwrite an integer (a length field) with an interesting value.
             6 if len > 0 => {
                 let width = [1, 2, 4, 8][r.random_range(0..4)];
                 // Length fields sit at the start of safetensors and npy files: favour it.
                 let at = if r.random_bool(0.5) { r.random_range(0..len.min(12)) } else { r.random_range(0..len) };
                 let x = INTERESTING_U64[r.random_range(0..INTERESTING_U64.len())];
-                for (k, b) in x.to_le_bytes()[..width].iter().enumerate() {
+                // JPEG segment lengths and sizes, PNG chunk lengths and sizes are big-endian.
+                let bytes = if r.random_bool(0.25) { x.to_be_bytes()[8 - width..].to_vec() } else { x.to_le_bytes()[..width].to_vec() };
+                for (k, b) in bytes.iter().enumerate() {
                     if at + k < len {
                         v[at + k] = *b;
                     }
@@ -172,6 +181,14 @@ fn mutate(r: &mut ChaCha8Rng, input: &[u8], others: &[&[u8]]) -> Vec<u8> {
                     let w = INTERESTING_WORDS[r.random_range(0..INTERESTING_WORDS.len())];
                     v.splice(a..b, w.bytes());
                 }
+            }
+            // Overwrite an aligned 32-bit word with a small integer or -1: the tensor indices,
+            // shapes, strides and buffer numbers of a flatbuffer, where a value near the valid
+            // ones gets past the range checks and reaches the planner's consistency checks.
+            13 if len >= 4 => {
+                let at = r.random_range(0..len / 4) * 4;
+                let x: i32 = r.random_range(-1..=16);
+                v[at..at + 4].copy_from_slice(&x.to_le_bytes());
             }
             // Duplicate a chunk of the input itself (repeated keys, extra tensors).
             _ if len > 0 => {
@@ -250,16 +267,25 @@ fn fuzz(parser: &str, seeds: &[(String, Vec<u8>)], n: usize, seed: u64, target: 
     let crash_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/fuzz-crashes").join(parser);
     let mut crashes = Vec::new();
     let mut accepted = 0;
+    let mut largest = 0;
     let mut run = |input: &[u8], label: String, crashes: &mut Vec<String>| {
         let t = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| target(input)));
-        accepted += matches!(result, Ok(true)) as usize;
+        let result = catch_unwind(AssertUnwindSafe(|| largest_allocation(|| target(input))));
+        accepted += matches!(result, Ok((true, _))) as usize;
+        let alloc = result.as_ref().map_or(0, |&(_, a)| a);
+        largest = largest.max(alloc);
         let slow = t.elapsed() > SLOW;
-        if result.is_err() || slow {
+        if result.is_err() || slow || alloc > MAX_ALLOC {
             std::fs::create_dir_all(&crash_dir).unwrap();
             let file = crash_dir.join(format!("{label}-{}", crashes.len()));
             std::fs::write(&file, input).unwrap();
-            let what = if slow { format!("took {:?}", t.elapsed()) } else { "panicked".into() };
+            let what = if result.is_err() {
+                "panicked".into()
+            } else if slow {
+                format!("took {:?}", t.elapsed())
+            } else {
+                format!("allocated {alloc} bytes at once ({} bytes of input)", input.len())
+            };
             crashes.push(format!("{parser}: input {label} {what}; saved to {}", file.display()));
         }
     };
@@ -272,7 +298,11 @@ fn fuzz(parser: &str, seeds: &[(String, Vec<u8>)], n: usize, seed: u64, target: 
         run(&m, format!("mutant-{i}"), &mut crashes);
     }
     let execs = seeds.len() + n;
-    println!("fuzz {parser}: {execs} executions, {} crashes ({accepted} inputs accepted)", crashes.len());
+    println!(
+        "fuzz {parser}: {execs} executions, {} crashes ({accepted} inputs accepted, largest allocation {:.1} MiB)",
+        crashes.len(),
+        largest as f64 / (1 << 20) as f64
+    );
     (execs, crashes)
 }
 
@@ -369,10 +399,10 @@ fn with_corpus(parser: &str, mut seeds: Vec<(String, Vec<u8>)>) -> Vec<(String, 
     seeds
 }
 
-/// The whole harness, one parser after the other. Run longer with
-/// `ENSEMBED_FUZZ_ITERS=100000 cargo test --release -p ensembed --test it fuzz -- --nocapture`,
-/// and under `ulimit -v 4000000` (4 GB of address space) to catch a huge allocation (it aborts
-/// the process instead of returning).
+/// The whole harness for the file formats of the library proper, one parser after the other.
+/// Run longer with
+/// `ENSEMBED_FUZZ_ITERS=100000 cargo test --release -p ensembed --test it fuzz -- --nocapture`
+/// (every `fuzz_*` test: the images, TFLite models and PyTorch checkpoints have their own).
 #[test]
 fn fuzz_all_parsers() {
     let n = iters();
@@ -514,8 +544,141 @@ fn fuzz_torch_checkpoints() {
     assert!(crashes.is_empty(), "{} crashes:\n{}", crashes.len(), crashes.join("\n"));
 }
 
+/// Images (`RgbImage::decode`, the entry point of `RgbImage::open` and of extraction): our
+/// libjpeg-exact JPEG decoder, and the `image` crate behind our wrapper for progressive JPEGs,
+/// PNG and BMP. JPEG seeds: the Pillow-written 9x5 files of `backbone.rs` (grey, 4:4:4, 4:2:2,
+/// 4:2:0 with a restart marker after every MCU, progressive) and two CIFAR-10 files from
+/// `tests/corpus/jpeg/`; PNG and BMP seeds: `tests/corpus/{png,bmp}/` (every colour type, 16-bit,
+/// palette with transparency, Adam7 interlacing; 1-, 8-, 24- and 32-bit BMPs). Mutants also get
+/// big-endian length fields (JPEG segments, PNG chunks). A decoded image must hold
+/// width x height x 3 bytes and survive a resize.
+#[test]
+fn fuzz_images() {
+    use ensembed::backbone::RgbImage;
+    let mut jpeg: Vec<(String, Vec<u8>)> = crate::backbone::JPEGS.iter().map(|(name, hex, _)| (format!("{name}.jpg"), crate::backbone::unhex(hex))).collect();
+    jpeg.extend(corpus("jpeg"));
+    let mut crashes = Vec::new();
+    for (parser, seeds, seed) in [("jpeg", jpeg, 10), ("png", corpus("png"), 11), ("bmp", corpus("bmp"), 12)] {
+        let p = PathBuf::from(format!("fuzz.{parser}"));
+        for (name, bytes) in &seeds {
+            assert!(RgbImage::decode(bytes, &p).is_ok() || name.contains("regression"), "seed {name} does not decode");
+        }
+        let (_, c) = fuzz(parser, &seeds, iters(), seed, &mut |b| {
+            RgbImage::decode(b, &p)
+                .map(|img| {
+                    let (w, h) = (img.width(), img.height());
+                    assert_eq!(img.pixels().len(), w * h * 3);
+                    if w * h <= 1 << 16 {
+                        let r = img.resize_bilinear(2 * w + 1, h.div_ceil(2)).unwrap();
+                        assert_eq!(r.pixels().len(), (2 * w + 1) * h.div_ceil(2) * 3);
+                    }
+                })
+                .map_err(|e| assert!(e.to_string().contains(&format!("fuzz.{parser}")), "{e}"))
+                .is_ok()
+        });
+        crashes.extend(c);
+    }
+    assert!(crashes.is_empty(), "{} crashes:\n{}", crashes.len(), crashes.join("\n"));
+}
+
+/// TFLite models (`TfliteModel::from_bytes`: the flatbuffer reader, then the planner, which
+/// must accept or refuse whatever parses, never panic): mutants of the four variants of
+/// `tflite_writer::tiny_model` (uint8 and int8, average pool and MEAN; every operator kind the
+/// planner accepts, per-tensor and per-channel weights, an external buffer), of
+/// `tests/corpus/tflite/`, and, when `../shared` is present, of the smallest coral model (too
+/// big for the repository: 0.5 MB). A model that loads runs on a small image (when its input is
+/// at most 64x64) and its features have `pooled_dim` values; errors name the file. Twice the
+/// usual count: two parsers in one.
+#[test]
+fn fuzz_tflite_models() {
+    use crate::tflite_writer::tiny_model;
+    use ensembed::backbone::{RgbImage, TfliteModel};
+    let p = Path::new("fuzz.tflite");
+    let mut seeds = vec![];
+    for (int8, mean) in [(false, false), (false, true), (true, false), (true, true)] {
+        let name = format!("tiny-{}-{}.tflite", if int8 { "int8" } else { "uint8" }, if mean { "mean" } else { "avgpool" });
+        let m = tiny_model(int8, mean);
+        assert!(TfliteModel::from_bytes(&m, p).is_ok(), "{name}: {:?}", TfliteModel::from_bytes(&m, p).err());
+        seeds.push((name, m));
+    }
+    seeds.push(("regression-huge-channels.tflite".into(), crate::tflite_writer::huge_channel_model()));
+    seeds.extend(corpus("tflite"));
+    if let Some(shared) = crate::helpers::shared_dir("fuzz_tflite_models (coral seed)") {
+        let f = "mobilenet_v1_0.25_128_quant.tflite";
+        seeds.push((f.into(), std::fs::read(shared.join("data/models/coral").join(f)).unwrap()));
+    }
+    let img = RgbImage::new(5, 4, (0..60).map(|v| (v * 13) as u8).collect()).unwrap();
+    let (_, crashes) = fuzz("tflite", &seeds, 2 * iters(), 9, &mut |b| match TfliteModel::from_bytes(b, p) {
+        Err(e) => {
+            assert!(e.to_string().contains("fuzz.tflite"), "{e}");
+            false
+        }
+        Ok(m) => {
+            let (h, w) = m.input_size();
+            if h * w <= 64 * 64 {
+                let f = m.features_one(&img).unwrap();
+                assert_eq!(f.len(), m.pooled_dim());
+                if m.num_classes().is_some() {
+                    assert!(m.classify(&img).unwrap().len() <= 5);
+                }
+            }
+            true
+        }
+    });
+    assert!(crashes.is_empty(), "{} crashes:\n{}", crashes.len(), crashes.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Regressions found by the fuzzer (each input is also in tests/corpus/<parser>/)
+
+/// Declared sizes that the bytes present cannot fill are refused before anything of that size
+/// is allocated (found by review, checked with the allocation tracker; each input is also a
+/// fuzzer seed): a JPEG frame header of 65535x1024 on a 1 KB file (its sample planes, 96 MB,
+/// used to be allocated at the frame header), a 68-byte PNG declaring 16384x8192 RGBA (512 MB,
+/// which the `image` crate allocates before inflating; now the budget grows with the file
+/// size), and a TFLite convolution declaring 2^26 output channels with 3 bytes of weights (two
+/// 256 MB vectors of per-channel parameters used to be built before the buffer was checked).
+#[test]
+fn declared_sizes_larger_than_the_file_are_refused_before_allocating() {
+    use ensembed::backbone::{RgbImage, TfliteModel};
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("regression-65535x1024-frame.jpg", std::fs::read(corpus_dir("jpeg").join("regression-65535x1024-frame.jpg")).unwrap(), "jpeg scan"),
+        ("regression-16384x8192-header.png", std::fs::read(corpus_dir("png").join("regression-16384x8192-header.png")).unwrap(), "image size"),
+        ("huge-channels.tflite", crate::tflite_writer::huge_channel_model(), "tensor `filter`.buffer"),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, want_field) in cases {
+        let p = Path::new(name);
+        let (result, largest) = largest_allocation(|| {
+            if name.ends_with(".tflite") {
+                TfliteModel::from_bytes(&bytes, p).map(|_| ())
+            } else {
+                RgbImage::decode(&bytes, p).map(|_| ())
+            }
+        });
+        let e = result.unwrap_err();
+        if field_of(&e) != want_field || !e.to_string().contains(name) {
+            failures.push(format!("{name}: expected an error in field `{want_field}` naming the file, got {e}"));
+        }
+        if largest >= 1 << 20 {
+            failures.push(format!("{name}: allocated {largest} bytes at once before refusing it"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Found by the fuzzer (mutant 327,980 of `fuzz_tflite_models`): a model whose ADD takes its
+/// own output as its second input passed the planner (outputs are declared before the second
+/// operand is checked for having been written) and panicked when run. Refused when planned.
+#[test]
+fn an_operator_reading_its_own_output_is_refused() {
+    use ensembed::backbone::TfliteModel;
+    let name = "regression-add-reads-its-own-output.tflite";
+    let bytes = std::fs::read(corpus_dir("tflite").join(name)).unwrap();
+    let e = TfliteModel::from_bytes(&bytes, Path::new(name)).unwrap_err();
+    assert!(field_of(&e).starts_with("operators[") && field_of(&e).ends_with("(ADD)"), "{e}");
+    assert!(e.to_string().contains("is both an input and the output"), "{e}");
+}
 
 /// A model whose spec declares a backbone of width 0 has zero-element tensors that match any
 /// `dim`, so a tiny file could announce dim = 2^60 for `embed` to allocate. Refused on load.

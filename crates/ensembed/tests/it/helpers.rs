@@ -80,3 +80,61 @@ pub fn jacobi_eigenvalues(mut a: Vec<f64>, n: usize) -> Vec<f64> {
     ev
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Allocation tracking: the test binary's allocator is the system's, plus a per-thread record of
+// the largest single request, so that a test can check that a parser sized its buffers from the
+// bytes present rather than from a declared size (a 100-byte file must not get 1 GB allocated,
+// even briefly). Per thread, so that tests running in parallel do not see each other's requests.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Tracking;
+
+thread_local! {
+    // `const` and without a destructor: readable from the allocator at any point of a thread's
+    // life, without allocating.
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+#[inline]
+fn note(size: usize) {
+    let _ = LARGEST.try_with(|c| {
+        if size > c.get() {
+            c.set(size)
+        }
+    });
+}
+
+// SAFETY: every call is forwarded unchanged to `System`; `note` only reads and writes a
+// thread-local integer.
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
+/// Runs `f` and returns its result with the largest single allocation (bytes) it requested on
+/// this thread (work it hands to other threads is not counted).
+pub fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = LARGEST.with(|c| c.replace(0));
+    let out = f();
+    let largest = LARGEST.with(|c| c.replace(before.max(c.get())));
+    (out, largest)
+}

@@ -16,3 +16,4 @@ mod model;
 mod pipeline;
 mod report;
 mod store;
+mod tflite_writer;
