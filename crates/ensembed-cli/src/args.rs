@@ -333,6 +333,10 @@ pub struct FitArgs {
     /// Random seed [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep the representations non-negative (projected gradient; the paper's like-for-like
+    /// variant of its spectrum figure) [default: off].
+    #[arg(long)]
+    pub nonneg: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -405,6 +409,7 @@ impl FitArgs {
                 LastBiasArg::Torch => BiasInit::Torch,
             }),
             seed: self.seed,
+            nonneg: self.nonneg.then_some(true),
         };
         Ok(overrides.apply(base)?)
     }
@@ -567,6 +572,15 @@ pub struct ReportArgs {
     /// Use this fitted model's MLPs instead of fitting (transfer).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Also fit with the representations kept non-negative and show it as `ours-nonneg` beside
+    /// ours: the paper's like-for-like singular values and neighbour similarity (section 5).
+    #[arg(long)]
+    pub nonneg_variant: bool,
+    /// Also embed train and test through this model's MLPs (fitted on another store with the
+    /// same backbones: the paper's transfer setting) and show them as `ours-transfer` beside
+    /// ours, embedded with the same settings as ours so that only the MLPs differ.
+    #[arg(long)]
+    pub transfer_model: Option<PathBuf>,
     /// Output directory: report.json, fig/*.svg, fig/*.png, index.html.
     #[arg(long)]
     pub out: PathBuf,
@@ -591,7 +605,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub test: PathBuf,
     /// Fit parameter to vary: depth, lr, lr-bank, batch, epochs, weight-decay, bank, warmup,
-    /// last-bias, final-relu, seed, hidden or dim.
+    /// last-bias, final-relu, seed, hidden, dim or nonneg.
     #[arg(long)]
     pub param: String,
     /// Values of the parameter, comma-separated.

@@ -444,7 +444,8 @@ pub fn nn_similarity_figure(report: &Report) -> Result<Figure> {
 
 // ---------------------------------------------------------------- (d) loss curves
 
-/// (d) The fit loss per epoch and the test embedding loss per epoch, with the end of warm-up.
+/// (d) The fit loss per epoch and the test embedding loss per epoch (of ours and of every
+/// variant), with the end of warm-up.
 pub fn loss_figure(report: &Report) -> Result<Figure> {
     let c = &report.comparison;
     let mut series = Vec::new();
@@ -453,6 +454,14 @@ pub fn loss_figure(report: &Report) -> Result<Figure> {
     }
     if !c.embed_history.is_empty() {
         series.push(("embed (test)".to_string(), c.embed_history.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()));
+    }
+    for v in &report.variants {
+        if !v.fit_history.is_empty() {
+            series.push((format!("{}: fit", v.name), v.fit_history.iter().map(|e| ((e.epoch + 1) as f64, e.loss)).collect()));
+        }
+        if !v.embed_history.is_empty() {
+            series.push((format!("{}: embed", v.name), v.embed_history.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()));
+        }
     }
     let vlines = c
         .fit_history

@@ -10,7 +10,8 @@ use ensembed::analysis::{normalized_nn_similarity, singular_values};
 use ensembed::compare::{compare, CompareConfig};
 use ensembed::eval::knn::KnnConfig;
 use ensembed::features::backbone_matrix;
-use ensembed::report::{apply_sweep_value, evaluate, report_figures, sweep_figure, write_report, Report};
+use ensembed::fit::fit;
+use ensembed::report::{apply_sweep_value, evaluate, evaluate_with, report_figures, sweep_figure, write_report, Report, Variant};
 use ensembed::{FitConfig, InMemory, Matrix, NoProgress};
 use rand::Rng;
 
@@ -121,6 +122,57 @@ fn evaluate_gives_the_numbers_of_compare_and_of_the_analysis() {
         assert!(x.train > 0.5 && x.train <= 1.0 + 1e-9 && x.test > 0.5 && x.test <= 1.0 + 1e-9, "{x:?}");
     }
     assert!(r.to_json()["diagnostics"]["methods"][4]["effective_rank"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn variants_are_scored_and_diagnosed_like_ours() {
+    // The non-negative fit and MLPs transferred from another problem get rows, diagnostics,
+    // recovery and loss curves; each row equals what `compare` gives for that setting alone
+    // (the transferred one: `compare` with that model, the nonneg one: `compare` with
+    // `nonneg`).
+    let (tr, ytr) = problem(60, 1);
+    let (te, yte) = problem(30, 2);
+    let (other, _) = problem(45, 7);
+    let cfg = config();
+    let donor = fit(&other, &cfg.fit, &NoProgress).unwrap().model;
+    let nonneg = FitConfig { nonneg: true, ..cfg.fit.clone() };
+    let variants = [
+        Variant { name: "ours-nonneg".into(), fit: nonneg.clone(), model: None },
+        Variant { name: "ours-transfer".into(), fit: cfg.fit.clone(), model: Some(&donor) },
+    ];
+    let r = evaluate_with(&tr, &ytr, &te, &yte, None, &cfg, &variants, &NoProgress).unwrap();
+    let names: Vec<&str> = r.comparison.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta", "average", "concat", "ours", "ours-nonneg", "ours-transfer"]);
+    let diag: Vec<&str> = r.diagnostics.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(diag, names);
+    let alone = |fit: &FitConfig, model| {
+        let c = compare(&tr, &ytr, &te, &yte, model, &CompareConfig { fit: fit.clone(), ..config() }, &NoProgress).unwrap();
+        serde_json::to_value(c.method("ours").unwrap()).unwrap()
+    };
+    let row = |name: &str| {
+        let mut v = serde_json::to_value(r.comparison.method(name).unwrap()).unwrap();
+        v["name"] = "ours".into();
+        v
+    };
+    assert_eq!(row("ours-nonneg"), alone(&nonneg, None));
+    assert_eq!(row("ours-transfer"), alone(&cfg.fit, Some(&donor)));
+    let rec: Vec<&str> = r.diagnostics.recovery_cosine.iter().map(|x| x.method.as_str()).collect();
+    assert_eq!(rec, ["ours", "ours", "ours-nonneg", "ours-nonneg", "ours-transfer", "ours-transfer"]);
+    assert!(r.variants[0].fit.nonneg && !r.variants[0].transferred && r.variants[0].fit_history.len() == 3);
+    assert!(r.variants[1].transferred && r.variants[1].fit_history.is_empty() && r.variants[1].embed_history.len() == 3);
+    assert_eq!(r.to_json()["variants"][1]["name"], "ours-transfer");
+    // The table's gap lines: one per learned row, `ours` last (the page quotes the last line).
+    let table = r.comparison.table();
+    let gaps: Vec<&str> = table.lines().filter(|l| l.contains(" - best baseline")).map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(gaps, ["ours-nonneg", "ours-transfer", "ours"]);
+    // The loss figure draws the variants' curves too.
+    let figs = report_figures(&r).unwrap();
+    let loss = figs.iter().find(|f| f.name == "loss").unwrap();
+    assert!(loss.svg.contains("ours-nonneg: fit") && loss.svg.contains("ours-transfer: embed"));
+    // A variant must be named as one.
+    let bad = [Variant { name: "nonneg".into(), fit: nonneg, model: None }];
+    let e = evaluate_with(&tr, &ytr, &te, &yte, None, &cfg, &bad, &NoProgress).unwrap_err().to_string();
+    assert!(e.contains("nonneg") && e.contains("ours-"), "{e}");
 }
 
 fn assert_no_temps(dir: &Path) {
