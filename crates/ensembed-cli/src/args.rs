@@ -46,6 +46,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Comparison and diagnostics as a report directory: report.json, figures, index.html.
     Report(ReportArgs),
+    /// Draw a report's figures and page again from its report.json (after a plotting change),
+    /// without fitting.
+    Redraw(RedrawArgs),
     /// Run the comparison for several values of one fit parameter (resumable) and plot ours.
     Sweep(SweepArgs),
     /// Cut a store into N stores of contiguous rows (to embed or extract on many machines).
@@ -594,6 +597,12 @@ pub struct ReportArgs {
     /// Also score every method by the linear probe.
     #[arg(long)]
     pub linear: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RedrawArgs {
+    /// A report directory written by `ensembed report`.
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]

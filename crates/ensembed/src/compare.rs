@@ -2,7 +2,7 @@
 //! and the learned representations ("ours"), each scored by k-NN on the same test set. This is
 //! what `ensembed compare`, `ensembed demo` and the Python `compare` return.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::baseline;
@@ -18,7 +18,7 @@ use crate::matrix::Matrix;
 use crate::progress::Progress;
 
 /// Settings of a comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompareConfig {
     pub fit: FitConfig,
     /// Inference settings; `None` mirrors `fit`.
@@ -37,7 +37,7 @@ impl Default for CompareConfig {
 }
 
 /// One row of the comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodResult {
     /// A backbone's name, `average`, `concat` or `ours`.
     pub name: String,
@@ -209,6 +209,23 @@ pub fn score_learned(
 }
 
 impl Comparison {
+    /// A comparison read back from [`Comparison::to_json`]'s output (the report re-draws its
+    /// figures from it); `None` when `v` is not such an object.
+    pub fn from_json(v: &Value) -> Option<Comparison> {
+        let skipped = v["skipped"]
+            .as_array()?
+            .iter()
+            .map(|s| Some((s["method"].as_str()?.to_string(), s["reason"].as_str()?.to_string())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Comparison {
+            methods: serde_json::from_value(v["methods"].clone()).ok()?,
+            skipped,
+            fit_history: serde_json::from_value(v["fit_history"].clone()).ok()?,
+            embed_history: serde_json::from_value(v["embed_history"].clone()).ok()?,
+            config: serde_json::from_value(v["config"].clone()).ok()?,
+        })
+    }
+
     /// The result for `name`.
     pub fn method(&self, name: &str) -> Option<&MethodResult> {
         self.methods.iter().find(|m| m.name == name)

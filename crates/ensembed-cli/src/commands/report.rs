@@ -5,11 +5,11 @@
 
 use anyhow::{Context, Result};
 use ensembed::config::FitConfig;
-use ensembed::report::{evaluate_with, report_figures, write_report, Variant};
+use ensembed::report::{evaluate_with, report_figures, write_report, Report, Variant};
 
 use super::{comparison_config, labels, open_store};
 use ensembed::artifact::load_model_dir;
-use crate::args::ReportArgs;
+use crate::args::{RedrawArgs, ReportArgs};
 use crate::progress::Bars;
 
 pub fn run(a: ReportArgs, progress: &Bars) -> Result<()> {
@@ -36,5 +36,17 @@ pub fn run(a: ReportArgs, progress: &Bars) -> Result<()> {
     write_report(&a.out, &report, &figures, a.overwrite).with_context(|| format!("writing the report to {}", a.out.display()))?;
     print!("{}", report.comparison.table());
     println!("report written to {}", a.out.join("index.html").display());
+    Ok(())
+}
+
+/// `ensembed redraw DIR`: the figures and page of DIR again from DIR/report.json.
+pub fn redraw(a: RedrawArgs) -> Result<()> {
+    let path = a.dir.join("report.json");
+    let text = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let report = Report::from_json(&json).with_context(|| format!("{} is not a report written by `ensembed report`", path.display()))?;
+    let figures = report_figures(&report).context("drawing the report's figures")?;
+    write_report(&a.dir, &report, &figures, true).with_context(|| format!("writing the report to {}", a.dir.display()))?;
+    println!("report redrawn in {}", a.dir.join("index.html").display());
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! fit for the paper's like-for-like spectrum, MLPs transferred from another store), each
 //! scored and diagnosed like every other method.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::analysis::{normalized_nn_similarity, recovery_cosine, singular_values};
@@ -20,7 +20,7 @@ use crate::model::EnsembleModel;
 use crate::progress::Progress;
 
 /// Diagnostics of one representation (the rows of `ensembed analyze`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodDiagnostics {
     pub method: String,
     pub dim: usize,
@@ -34,7 +34,7 @@ pub struct MethodDiagnostics {
 }
 
 /// Recovery cosine of one backbone on train and test, for one learned method.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RecoveryRow {
     /// `ours` or a variant's name.
     pub method: String,
@@ -44,7 +44,7 @@ pub struct RecoveryRow {
 }
 
 /// Everything `ensembed analyze` reports.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Diagnostics {
     pub recovery_cosine: Vec<RecoveryRow>,
     pub methods: Vec<MethodDiagnostics>,
@@ -63,7 +63,7 @@ pub struct Variant<'a> {
 }
 
 /// What a variant ran: its settings and loss curves (the report's JSON and loss figure).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VariantRun {
     pub name: String,
     pub fit: FitConfig,
@@ -91,6 +91,19 @@ impl Report {
             v["variants"] = json!(self.variants);
         }
         v
+    }
+
+    /// A report read back from [`Report::to_json`]'s output, to re-draw its figures and page
+    /// without fitting again; `None` when `v` is not such an object.
+    pub fn from_json(v: &Value) -> Option<Report> {
+        Some(Report {
+            comparison: Comparison::from_json(&v["comparison"])?,
+            diagnostics: serde_json::from_value(v["diagnostics"].clone()).ok()?,
+            variants: match v.get("variants") {
+                Some(x) => serde_json::from_value(x.clone()).ok()?,
+                None => Vec::new(),
+            },
+        })
     }
 }
 

@@ -175,6 +175,37 @@ fn variants_are_scored_and_diagnosed_like_ours() {
     assert!(e.contains("nonneg") && e.contains("ours-"), "{e}");
 }
 
+#[test]
+fn a_report_reads_back_from_its_json_and_redraws_the_same() {
+    // report.json carries everything the figures and page need: read back, it gives the same
+    // JSON and the same figures, so `ensembed redraw` needs no refit.
+    let r = report();
+    let back = Report::from_json(&r.to_json()).expect("a report's own JSON");
+    assert_eq!(back.to_json(), r.to_json());
+    let (a, b) = (report_figures(&r).unwrap(), report_figures(&back).unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.name, &x.svg, &x.png), (&y.name, &y.svg, &y.png));
+    }
+    assert!(Report::from_json(&serde_json::json!({"comparison": {}})).is_none());
+}
+
+#[test]
+fn similarity_histograms_share_a_robust_range_and_flag_centred_methods() {
+    // One panel with a median <= 0 (a centred representation: the ratio is meaningless) and
+    // huge outliers must neither stretch the others' shared x range nor go unflagged.
+    let mut r = report();
+    let n = r.diagnostics.methods[0].nn_similarity.len();
+    let ours = r.diagnostics.methods.last_mut().unwrap();
+    ours.nn_similarity = (0..n).map(|i| if i % 2 == 0 { -200.0 } else { 5e4 }).collect();
+    ours.nn_similarity_median = -200.0;
+    let svg = ensembed::report::figures::nn_similarity_figure(&r).unwrap().svg;
+    assert!(svg.contains("ours: median -200.000 (mean cos ~ 0)"), "the centred panel is flagged");
+    assert_eq!(svg.matches("(mean cos ~ 0)").count(), 1);
+    // The shared axis of the other panels stays within the data's own scale (no 50000 tick
+    // in every panel, as a range over all values would give).
+    assert!(svg.matches("50000.00").count() <= 1, "outliers stretched the shared range");
+}
+
 fn assert_no_temps(dir: &Path) {
     let name = dir.file_name().unwrap().to_string_lossy().into_owned();
     let left: Vec<String> = std::fs::read_dir(dir.parent().unwrap())
