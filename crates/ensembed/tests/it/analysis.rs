@@ -60,8 +60,8 @@ fn singular_values_of_a_wide_matrix_use_the_smaller_side() {
     let v = [[c, -sn, 0.0], [sn, c, 0.0], [0.0, 0.0, 1.0]];
     let mut x = Matrix::zeros(3, 4);
     for (row, (k, sign)) in [(2usize, 1.0f32), (0, -1.0), (3, 1.0)].into_iter().enumerate() {
-        for j in 0..3 {
-            x.data[j * 4 + k] = sign * s[row] * v[row][j];
+        for (j, &vj) in v[row].iter().enumerate() {
+            x.data[j * 4 + k] = sign * s[row] * vj;
         }
     }
     let got = singular_values(&x);
