@@ -28,7 +28,16 @@ sub cifar10-equal10k-test 100 e1k-test
   --nonneg-variant --transfer-model "$W/fmnist5k-model" --out "$W/report-mixed5k" --overwrite
 "$BIN" sweep --train "$W/e2k-train" --test "$W/e1k-test" --param depth --values 1,2,4,8 \
   --k 10,20,100,200 -q --out "$W/depth-sweep"
-mkdir -p results/diagnostics/report-mixed5k results/diagnostics/depth-sweep
+# The non-negative and free starts alone: one warm-up epoch, in which the bank never moves.
+for v in nonneg free; do
+  flag=$([ $v = nonneg ] && echo --nonneg || true)
+  # shellcheck disable=SC2086
+  "$BIN" fit --train "$W/c5k-train" --out "$W/init-$v" --epochs 1 --warmup 1 $flag --overwrite -q
+done
+mkdir -p results/diagnostics/report-mixed5k results/diagnostics/depth-sweep results/diagnostics/init-mixed5k
+for v in nonneg free; do
+  "$BIN" analyze --train "$W/c5k-train" --test "$W/c5k-test" --model "$W/init-$v" --json -q > results/diagnostics/init-mixed5k/init-$v.json
+done
 cp "$W/report-mixed5k/report.json" results/diagnostics/report-mixed5k/
 cp "$W/depth-sweep/sweep.json" results/diagnostics/depth-sweep/
 cp -r "$W/depth-sweep/runs" results/diagnostics/depth-sweep/
