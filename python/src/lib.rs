@@ -259,6 +259,8 @@ impl FitArgs {
             final_relu: self.final_relu,
             last_bias: self.last_bias.as_deref().map(parse_bias).transpose()?,
             seed: self.seed,
+            // Not a Python keyword yet: the non-negative variant is a diagnostic of the CLI's report.
+            nonneg: None,
         };
         overrides.apply(base).map_err(py_err)
     }

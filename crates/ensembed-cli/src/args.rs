@@ -47,6 +47,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Comparison and diagnostics as a report directory: report.json, figures, index.html.
     Report(ReportArgs),
+    /// Draw a report's figures and page again from its report.json (after a plotting change),
+    /// without fitting.
+    Redraw(RedrawArgs),
     /// Run the comparison for several values of one fit parameter (resumable) and plot ours.
     Sweep(SweepArgs),
     /// Cut a store into N stores of contiguous rows (to embed or extract on many machines).
@@ -344,6 +347,10 @@ pub struct FitArgs {
     /// Random seed [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Keep the representations non-negative (projected gradient; the paper's like-for-like
+    /// variant of its spectrum figure) [default: off].
+    #[arg(long)]
+    pub nonneg: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -416,6 +423,7 @@ impl FitArgs {
                 LastBiasArg::Torch => BiasInit::Torch,
             }),
             seed: self.seed,
+            nonneg: self.nonneg.then_some(true),
         };
         Ok(overrides.apply(base)?)
     }
@@ -578,6 +586,15 @@ pub struct ReportArgs {
     /// Use this fitted model's MLPs instead of fitting (transfer).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Also fit with the representations kept non-negative and show it as `ours-nonneg` beside
+    /// ours: the paper's like-for-like singular values and neighbour similarity (section 5).
+    #[arg(long)]
+    pub nonneg_variant: bool,
+    /// Also embed train and test through this model's MLPs (fitted on another store with the
+    /// same backbones: the paper's transfer setting) and show them as `ours-transfer` beside
+    /// ours, embedded with the same settings as ours so that only the MLPs differ.
+    #[arg(long)]
+    pub transfer_model: Option<PathBuf>,
     /// Output directory: report.json, fig/*.svg, fig/*.png, index.html.
     #[arg(long)]
     pub out: PathBuf,
@@ -594,6 +611,12 @@ pub struct ReportArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RedrawArgs {
+    /// A report directory written by `ensembed report`.
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
 pub struct SweepArgs {
     /// Training store (with labels).
     #[arg(long)]
@@ -602,7 +625,7 @@ pub struct SweepArgs {
     #[arg(long)]
     pub test: PathBuf,
     /// Fit parameter to vary: depth, lr, lr-bank, batch, epochs, weight-decay, bank, warmup,
-    /// last-bias, final-relu, seed, hidden or dim.
+    /// last-bias, final-relu, seed, hidden, dim or nonneg.
     #[arg(long)]
     pub param: String,
     /// Values of the parameter, comma-separated.

@@ -152,7 +152,8 @@ pub fn load_checkpoint(dir: &Path, cfg: &FitConfig, feats: &dyn FeatureSet) -> R
         return Err(Error::format(&path, "bank.row_steps", format!("row {i} has {t} steps, more than the {max_steps} of the whole fit")));
     }
     let bank_steps = check_steps("bank_steps", meta.bank_steps)?;
-    let bank = Bank::from_parts(repr, f32s("bank.m", nd)?, f32s("bank.v", nd)?, bank_steps, row_steps, cfg.bank);
+    let bank = Bank::from_parts(repr, f32s("bank.m", nd)?, f32s("bank.v", nd)?, bank_steps, row_steps, cfg.bank)
+        .with_nonneg(model.spec.nonneg);
     let order: Vec<usize> = raw("order", StDtype::U64, n)?.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap()) as usize).collect();
     let mut seen = vec![false; n];
     for &i in &order {

@@ -2,7 +2,7 @@
 //! and the learned representations ("ours"), each scored by k-NN on the same test set. This is
 //! what `ensembed compare`, `ensembed demo` and the Python `compare` return.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::baseline;
@@ -18,7 +18,7 @@ use crate::matrix::Matrix;
 use crate::progress::Progress;
 
 /// Settings of a comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompareConfig {
     pub fit: FitConfig,
     /// Inference settings; `None` mirrors `fit`.
@@ -37,7 +37,7 @@ impl Default for CompareConfig {
 }
 
 /// One row of the comparison.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodResult {
     /// A backbone's name, `average`, `concat` or `ours`.
     pub name: String,
@@ -66,8 +66,9 @@ pub trait CompareObserver {
     fn method(&mut self, _name: &str, _train: &Matrix, _test: &Matrix) -> Result<()> {
         Ok(())
     }
-    /// The model and the learned representations (before normalisation) of train and test.
-    fn learned(&mut self, _model: &EnsembleModel, _train: &Matrix, _test: &Matrix) -> Result<()> {
+    /// The model and the learned representations (before normalisation) of train and test, for
+    /// the learned method `name` (`ours`, or a variant of [`score_learned`]).
+    fn learned(&mut self, _name: &str, _model: &EnsembleModel, _train: &Matrix, _test: &Matrix) -> Result<()> {
         Ok(())
     }
 }
@@ -107,14 +108,8 @@ pub fn compare_observed(
             format!("{:?} {:?}", test.names(), test.dims()),
         ));
     }
-    let score = |name: String, a: &Matrix, b: &Matrix, observer: &mut dyn CompareObserver| -> Result<MethodResult> {
-        let knn = evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress)?;
-        let linear = match &cfg.linear {
-            Some(l) => Some(evaluate_linear(a, train_labels, b, test_labels, l, progress)?),
-            None => None,
-        };
-        observer.method(&name, a, b)?;
-        Ok(MethodResult { name, dim: a.cols, knn, linear })
+    let score = |name: String, a: &Matrix, b: &Matrix, observer: &mut dyn CompareObserver| {
+        score_method(name, a, train_labels, b, test_labels, cfg, progress, observer)
     };
     let mut methods = Vec::new();
     let mut skipped = Vec::new();
@@ -130,7 +125,65 @@ pub fn compare_observed(
     methods.push(score("concat".into(), &a, &b, observer)?);
     drop((a, b));
 
-    let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(&cfg.fit));
+    let ours = score_learned("ours", train, train_labels, test, test_labels, &cfg.fit, model, cfg, progress, observer)?;
+    methods.push(ours.result);
+    Ok(Comparison { methods, skipped, fit_history: ours.fit_history, embed_history: ours.embed_history, config: cfg.clone() })
+}
+
+/// One representation scored by k-NN (and the linear probe when configured), shown to `observer`.
+///
+/// # Shapes
+/// `a`: `[n_train, d]`, `b`: `[n_test, d]`, rows unit-norm; labels one per row.
+#[allow(clippy::too_many_arguments)]
+fn score_method(
+    name: String,
+    a: &Matrix,
+    train_labels: &[u32],
+    b: &Matrix,
+    test_labels: &[u32],
+    cfg: &CompareConfig,
+    progress: &dyn Progress,
+    observer: &mut dyn CompareObserver,
+) -> Result<MethodResult> {
+    let knn = evaluate_knn(a, train_labels, b, test_labels, &cfg.knn, progress)?;
+    let linear = match &cfg.linear {
+        Some(l) => Some(evaluate_linear(a, train_labels, b, test_labels, l, progress)?),
+        None => None,
+    };
+    observer.method(&name, a, b)?;
+    Ok(MethodResult { name, dim: a.cols, knn, linear })
+}
+
+/// A learned method's row and the loss curves behind it.
+#[derive(Clone, Debug)]
+pub struct Learned {
+    pub result: MethodResult,
+    /// Per epoch; empty when the MLPs were given rather than fitted.
+    pub fit_history: Vec<EpochStats>,
+    /// Mean loss per epoch of the test embedding.
+    pub embed_history: Vec<f64>,
+}
+
+/// Learned representations scored like the baselines, under the row name `name`: the MLPs and
+/// train representations fitted on `train` with `fit_cfg`, or, with `model`, that model's MLPs
+/// used as they are (transfer) and the train representations embedded through them; the test
+/// set is embedded with `cfg.embed` (default: mirroring `fit_cfg`). [`compare`] runs it once as
+/// `ours`; the report runs it again for its variants (non-negative, transferred MLPs), so
+/// every variant is scored exactly as `ours` is.
+#[allow(clippy::too_many_arguments)]
+pub fn score_learned(
+    name: &str,
+    train: &dyn FeatureSet,
+    train_labels: &[u32],
+    test: &dyn FeatureSet,
+    test_labels: &[u32],
+    fit_cfg: &FitConfig,
+    model: Option<&EnsembleModel>,
+    cfg: &CompareConfig,
+    progress: &dyn Progress,
+    observer: &mut dyn CompareObserver,
+) -> Result<Learned> {
+    let embed_cfg = cfg.embed.clone().unwrap_or_else(|| EmbedConfig::from_fit(fit_cfg));
     let (train_repr, fit_history, model_owned);
     let model = match model {
         Some(m) => {
@@ -139,7 +192,7 @@ pub fn compare_observed(
             m
         }
         None => {
-            let out = fit(train, &cfg.fit, progress)?;
+            let out = fit(train, fit_cfg, progress)?;
             train_repr = out.representations;
             fit_history = out.history;
             model_owned = out.model;
@@ -148,14 +201,31 @@ pub fn compare_observed(
     };
     let test_out = embed(model, test, &embed_cfg, progress)?;
     let (mut a, mut b) = (train_repr, test_out.representations);
-    observer.learned(model, &a, &b)?;
+    observer.learned(name, model, &a, &b)?;
     a.normalize_rows();
     b.normalize_rows();
-    methods.push(score("ours".into(), &a, &b, observer)?);
-    Ok(Comparison { methods, skipped, fit_history, embed_history: test_out.history, config: cfg.clone() })
+    let result = score_method(name.to_string(), &a, train_labels, &b, test_labels, cfg, progress, observer)?;
+    Ok(Learned { result, fit_history, embed_history: test_out.history })
 }
 
 impl Comparison {
+    /// A comparison read back from [`Comparison::to_json`]'s output (the report re-draws its
+    /// figures from it); `None` when `v` is not such an object.
+    pub fn from_json(v: &Value) -> Option<Comparison> {
+        let skipped = v["skipped"]
+            .as_array()?
+            .iter()
+            .map(|s| Some((s["method"].as_str()?.to_string(), s["reason"].as_str()?.to_string())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Comparison {
+            methods: serde_json::from_value(v["methods"].clone()).ok()?,
+            skipped,
+            fit_history: serde_json::from_value(v["fit_history"].clone()).ok()?,
+            embed_history: serde_json::from_value(v["embed_history"].clone()).ok()?,
+            config: serde_json::from_value(v["config"].clone()).ok()?,
+        })
+    }
+
     /// The result for `name`.
     pub fn method(&self, name: &str) -> Option<&MethodResult> {
         self.methods.iter().find(|m| m.name == name)
@@ -228,15 +298,16 @@ impl Comparison {
         let best = self
             .methods
             .iter()
-            .filter(|m| m.name != "ours")
+            .filter(|m| !m.name.starts_with("ours"))
             .filter_map(|m| m.knn.at(k).map(|s| (s.top1, m.name.as_str())))
             .fold((f64::MIN, ""), |a, b| if b.0 > a.0 { b } else { a });
-        if let Some(ours) = self.method("ours").and_then(|m| m.knn.at(k)) {
-            s += &format!(
-                "ours - best baseline ({}): {:+.2} points top-1 at k={k}\n",
-                best.1,
-                100.0 * (ours.top1 - best.0)
-            );
+        // Variants first, so that the line about `ours` stays the table's last (the report's
+        // page quotes it).
+        let learned = self.methods.iter().filter(|m| m.name.starts_with("ours-")).chain(self.method("ours"));
+        for m in learned {
+            if let Some(sc) = m.knn.at(k) {
+                s += &format!("{} - best baseline ({}): {:+.2} points top-1 at k={k}\n", m.name, best.1, 100.0 * (sc.top1 - best.0));
+            }
         }
         s
     }

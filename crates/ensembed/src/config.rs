@@ -85,6 +85,17 @@ pub struct FitConfig {
     pub final_relu: bool,
     pub last_bias: BiasInit,
     pub seed: u64,
+    /// Keep every representation entry >= 0 (projected gradient: the initial representations
+    /// are projected onto the non-negative unit sphere, every bank step is clamped at 0), the
+    /// paper's like-for-like variant for its singular-value figure (section 5, Figure 11).
+    /// Left out of the JSON when off, so configs written before it existed read the same.
+    #[serde(skip_serializing_if = "is_false")]
+    pub nonneg: bool,
+}
+
+/// For `skip_serializing_if`: a flag that is off is not written.
+pub(crate) fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for FitConfig {
@@ -106,6 +117,7 @@ impl Default for FitConfig {
             final_relu: true,
             last_bias: BiasInit::Torch,
             seed: 0,
+            nonneg: false,
         }
     }
 }
@@ -168,6 +180,7 @@ pub struct FitOverrides {
     pub final_relu: Option<bool>,
     pub last_bias: Option<BiasInit>,
     pub seed: Option<u64>,
+    pub nonneg: Option<bool>,
 }
 
 impl FitOverrides {
@@ -188,6 +201,7 @@ impl FitOverrides {
             final_relu: self.final_relu.unwrap_or(d.final_relu),
             last_bias: self.last_bias.unwrap_or(d.last_bias),
             seed: self.seed.unwrap_or(d.seed),
+            nonneg: self.nonneg.unwrap_or(d.nonneg),
             ..d
         };
         cfg.validate()?;

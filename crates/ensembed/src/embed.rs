@@ -55,7 +55,7 @@ pub fn embed(model: &EnsembleModel, feats: &dyn FeatureSet, cfg: &EmbedConfig, p
     let mut ws = Workspace::new(model, batch);
     progress.start("embed", (cfg.epochs * n.div_ceil(batch)) as u64);
     let mut order: Vec<usize> = (0..n).collect();
-    let mut bank = Bank::new(model.initial_representations(feats, &order, threads)?, BankMode::Dense);
+    let mut bank = Bank::new(model.initial_representations(feats, &order, threads)?, BankMode::Dense).with_nonneg(model.spec.nonneg);
     let mut shuffle = stream(cfg.seed, Purpose::Shuffle);
     for (epoch, total) in losses.iter_mut().enumerate() {
         order.shuffle(&mut shuffle);
@@ -130,7 +130,7 @@ pub fn embed_lazy_rows(
         let end = (first + chunk).min(n);
         for idx in rows[first..end].chunks(batch) {
             let (b, c) = (idx.len(), idx[0] / batch);
-            let mut bank = Bank::new(model.initial_representations(feats, idx, threads)?, BankMode::Lazy);
+            let mut bank = Bank::new(model.initial_representations(feats, idx, threads)?, BankMode::Lazy).with_nonneg(model.spec.nonneg);
             let local: Vec<usize> = (0..b).collect();
             for (epoch, total) in losses.iter_mut().enumerate() {
                 bank.gather(&local, &mut ws.input[..b * d]);

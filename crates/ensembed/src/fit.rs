@@ -47,6 +47,7 @@ pub fn model_spec(names: &[String], dims: &[usize], cfg: &FitConfig) -> ModelSpe
         hidden: cfg.hidden.unwrap_or(dim),
         depth: cfg.depth,
         final_relu: cfg.final_relu,
+        nonneg: cfg.nonneg,
     }
 }
 
@@ -82,7 +83,7 @@ impl FitState {
             Some(fit_pca(&concat, spec.dim, &mut stream(cfg.seed, Purpose::Init(usize::MAX)), threads)?)
         };
         let model = EnsembleModel::init(spec, projection, cfg.last_bias, cfg.seed);
-        let bank = Bank::new(model.initial_representations(feats, &all, threads)?, cfg.bank);
+        let bank = Bank::new(model.initial_representations(feats, &all, threads)?, cfg.bank).with_nonneg(model.spec.nonneg);
         let adams = model
             .mlps
             .iter()

@@ -43,6 +43,7 @@ pub fn run(command: Command, progress: &Bars) -> Result<()> {
         Command::Backbones => backbone::list(),
         Command::Info(a) => info::run(a),
         Command::Report(a) => report::run(a, progress),
+        Command::Redraw(a) => report::redraw(a),
         Command::Sweep(a) => sweep::run(a, progress),
     }
 }

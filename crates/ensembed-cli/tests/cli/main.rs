@@ -564,6 +564,41 @@ fn report_writes_every_file_with_the_numbers_of_compare() {
 }
 
 #[test]
+fn report_shows_the_non_negative_and_transferred_variants_beside_ours() {
+    // --transfer-model: MLPs fitted on the other store; its row must equal `compare --model`'s
+    // ours with the same flags. --nonneg-variant: `fit --nonneg`'s settings, in every figure.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (s, t) = tiny_stores(d);
+    let (donor, out) = (d.join("donor"), d.join("rep"));
+    let flags = ["--epochs", "3", "--batch", "16", "--k", "5,20"];
+    let with = |mut a: Vec<String>| {
+        a.extend(flags.iter().map(|f| f.to_string()));
+        a
+    };
+    ok(&["fit", "--train", &p(&t), "--out", &p(&donor), "--epochs", "3", "--batch", "16"]);
+    let rep = ok(&with(vec![
+        "report".into(), "--train".into(), p(&s), "--test".into(), p(&t), "--out".into(), p(&out),
+        "--nonneg-variant".into(), "--transfer-model".into(), p(&donor),
+    ]));
+    assert!(rep.stdout.contains("ours-nonneg - best baseline") && rep.stdout.contains("ours-transfer - best baseline"), "{}", rep.stdout);
+    let report: Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let transfer = json(&with(vec!["compare".into(), "--json".into(), "--train".into(), p(&s), "--test".into(), p(&t), "--model".into(), p(&donor)]));
+    assert_eq!(report["comparison"]["knn_top1"]["ours-transfer"], transfer["knn_top1"]["ours"]);
+    let nonneg = json(&with(vec!["compare".into(), "--json".into(), "--train".into(), p(&s), "--test".into(), p(&t), "--nonneg".into()]));
+    assert_eq!(report["comparison"]["knn_top1"]["ours-nonneg"], nonneg["knn_top1"]["ours"]);
+    assert_eq!(nonneg["config"]["fit"]["nonneg"], true);
+    assert_eq!(report["variants"][0]["fit"]["nonneg"], true);
+    assert_eq!(report["variants"][1]["transferred"], true);
+    let methods: Vec<&str> = report["diagnostics"]["methods"].as_array().unwrap().iter().map(|m| m["method"].as_str().unwrap()).collect();
+    assert_eq!(&methods[methods.len() - 3..], ["ours", "ours-nonneg", "ours-transfer"]);
+    for fig in ["singular_values", "nn_similarity", "knn_top1"] {
+        let svg = std::fs::read_to_string(out.join(format!("fig/{fig}.svg"))).unwrap();
+        assert!(svg.contains("ours-nonneg") && svg.contains("ours-transfer"), "{fig}");
+    }
+}
+
+#[test]
 fn sweep_resumes_from_the_run_files() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

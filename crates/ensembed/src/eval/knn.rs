@@ -61,7 +61,7 @@ impl Default for KnnConfig {
 }
 
 /// Accuracy at one k, as fractions in [0, 1] (as `scripts/knn_reference.py` writes them).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KnnScore {
     pub k: usize,
     pub top1: f64,
@@ -69,7 +69,7 @@ pub struct KnnScore {
 }
 
 /// The result of [`evaluate_knn`]: one score per requested k, in the order requested.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KnnReport {
     pub scores: Vec<KnnScore>,
     pub n_train: usize,

@@ -82,7 +82,7 @@ impl Default for LinearConfig {
 }
 
 /// The result of [`evaluate_linear`]. Accuracies are fractions in `[0, 1]`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LinearReport {
     /// Test top-1 accuracy of the refitted classifier.
     pub top1: f64,

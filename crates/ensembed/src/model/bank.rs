@@ -14,6 +14,10 @@
 //! eagerly (tested against an eager reference), because every element sees exactly the same
 //! sequence of IEEE operations; at n = 200,000 x d = 2048 the eager version spent seconds per
 //! step moving 10 GB through memory.
+//!
+//! A non-negative bank ([`Bank::with_nonneg`]) is projected gradient descent: every element is
+//! clamped at 0 after every update, the deferred ones included (a row outside the batch still
+//! moves, and may cross 0, in the dense semantics).
 
 use rayon::prelude::*;
 
@@ -41,6 +45,8 @@ pub struct Bank {
     base: u64,
     /// Dense: the hyper-parameters of the steps taken, which the deferred steps replay.
     hp: Option<AdamParams>,
+    /// Clamp every element at 0 after every update.
+    nonneg: bool,
 }
 
 /// Elements one kernel iteration carries through all of a row's pending steps: independent
@@ -66,7 +72,15 @@ impl Bank {
             consts: Vec::new(),
             base: 0,
             hp: None,
+            nonneg: false,
         }
+    }
+
+    /// The same bank, kept non-negative from its next step on when `on` (the starting rows
+    /// are the caller's to make non-negative: [`crate::model::project_nonneg_unit`]).
+    pub fn with_nonneg(mut self, on: bool) -> Self {
+        self.nonneg = on;
+        self
     }
 
     /// Number of rows.
@@ -109,6 +123,9 @@ impl Bank {
                     for k in 0..d {
                         hp.update(c, &mut p[k], g[k], &mut m[k], &mut v[k]);
                     }
+                    if self.nonneg {
+                        clamp(p);
+                    }
                 }
             }
             BankMode::Dense => {
@@ -137,7 +154,7 @@ impl Bank {
         }
         let Some(hp) = self.hp else { unreachable!("rows behind the step count imply a step was taken") };
         let d = self.repr.cols;
-        let (consts, base, t) = (&self.consts, self.base, self.t);
+        let (consts, base, t, nonneg) = (&self.consts, self.base, self.t, self.nonneg);
         let task = ROWS_PER_TASK * d;
         self.repr
             .data
@@ -149,7 +166,7 @@ impl Bank {
                 for (r, s) in synced.iter_mut().enumerate() {
                     let rows = r * d..(r + 1) * d;
                     let pending = &consts[(*s - base) as usize..];
-                    replay(&hp, pending, None, &mut p[rows.clone()], &mut m[rows.clone()], &mut v[rows]);
+                    replay(&hp, nonneg, pending, None, &mut p[rows.clone()], &mut m[rows.clone()], &mut v[rows]);
                     *s = t;
                 }
             });
@@ -193,16 +210,16 @@ impl Bank {
             }
         }
         // With a gradient this is the current step: every row is exactly one step or more behind.
-        let consts = &self.consts;
+        let (consts, nonneg) = (&self.consts, self.nonneg);
         work.into_par_iter().with_max_len(4).for_each(|(p, m, v, pos, s)| {
             let from = (s - base) as usize;
             match grad {
                 Some(g) => {
                     let last = consts.len() - 1;
                     let g = &g[pos * d..(pos + 1) * d];
-                    replay(&hp, &consts[from..last], Some((consts[last], g)), p, m, v);
+                    replay(&hp, nonneg, &consts[from..last], Some((consts[last], g)), p, m, v);
                 }
-                _ => replay(&hp, &consts[from..], None, p, m, v),
+                _ => replay(&hp, nonneg, &consts[from..], None, p, m, v),
             }
         });
     }
@@ -260,6 +277,11 @@ impl Bank {
         self.mode
     }
 
+    /// Whether every step is clamped at 0.
+    pub fn is_nonneg(&self) -> bool {
+        self.nonneg
+    }
+
     /// The learned representations, current to the last step.
     pub fn into_repr(mut self) -> Matrix {
         self.flush();
@@ -270,41 +292,49 @@ impl Bank {
 /// Runs one row through `zero` (steps with zero gradient, in order) and then, when given, one
 /// step with gradient `g` and constants `c`, exactly as that many [`AdamParams::update`] calls
 /// per element would. Dispatches to the widest vector unit the CPU has; the arithmetic is the
-/// same IEEE operations in every version (no fused multiply-add), so the bits are too.
+/// same IEEE operations in every version (no fused multiply-add), so the bits are too. With
+/// `nonneg` every step is followed by a clamp at 0.
 ///
 /// # Shapes
 /// `p`, `m`, `v`, `g`: `[d]`.
-fn replay(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+fn replay(hp: &AdamParams, nonneg: bool, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU supports AVX-512F (checked just above).
-            return unsafe { replay_avx512(hp, zero, last, p, m, v) };
+            return unsafe { replay_avx512(hp, nonneg, zero, last, p, m, v) };
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above).
-            return unsafe { replay_avx2(hp, zero, last, p, m, v) };
+            return unsafe { replay_avx2(hp, nonneg, zero, last, p, m, v) };
         }
     }
-    replay_generic(hp, zero, last, p, m, v)
+    replay_generic(hp, nonneg, zero, last, p, m, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn replay_avx512(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-    replay_generic(hp, zero, last, p, m, v)
+unsafe fn replay_avx512(hp: &AdamParams, nonneg: bool, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    replay_generic(hp, nonneg, zero, last, p, m, v)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn replay_avx2(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
-    replay_generic(hp, zero, last, p, m, v)
+unsafe fn replay_avx2(hp: &AdamParams, nonneg: bool, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+    replay_generic(hp, nonneg, zero, last, p, m, v)
+}
+
+/// Sets every negative element to 0 (the projection of projected gradient descent).
+#[inline(always)]
+fn clamp(p: &mut [f32]) {
+    p.iter_mut().for_each(|x| *x = x.max(0.0));
 }
 
 /// The body of [`replay`]: `LANES` elements at a time held in local arrays (registers) through
-/// every step, then stored once.
+/// every step, then stored once. The clamp sits after each step's lane loop, not inside it, so
+/// that the update loop the unconstrained bank runs is the same code as before it existed.
 #[inline(always)]
-fn replay_generic(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
+fn replay_generic(hp: &AdamParams, nonneg: bool, zero: &[StepConsts], last: Option<(StepConsts, &[f32])>, p: &mut [f32], m: &mut [f32], v: &mut [f32]) {
     let d = p.len();
     let full = d - d % LANES;
     for k0 in (0..full).step_by(LANES) {
@@ -315,11 +345,17 @@ fn replay_generic(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts
             for l in 0..LANES {
                 hp.update(c, &mut pb[l], 0.0, &mut mb[l], &mut vb[l]);
             }
+            if nonneg {
+                clamp(&mut pb);
+            }
         }
         if let Some((c, g)) = last {
             let gb: &[f32; LANES] = g[k0..k0 + LANES].try_into().unwrap();
             for l in 0..LANES {
                 hp.update(c, &mut pb[l], gb[l], &mut mb[l], &mut vb[l]);
+            }
+            if nonneg {
+                clamp(&mut pb);
             }
         }
         p[k0..k0 + LANES].copy_from_slice(&pb);
@@ -329,9 +365,15 @@ fn replay_generic(hp: &AdamParams, zero: &[StepConsts], last: Option<(StepConsts
     for k in full..d {
         for &c in zero {
             hp.update(c, &mut p[k], 0.0, &mut m[k], &mut v[k]);
+            if nonneg {
+                p[k] = p[k].max(0.0);
+            }
         }
         if let Some((c, g)) = last {
             hp.update(c, &mut p[k], g[k], &mut m[k], &mut v[k]);
+            if nonneg {
+                p[k] = p[k].max(0.0);
+            }
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct ModelSpec {
     /// Linear layers per MLP.
     pub depth: usize,
     pub final_relu: bool,
+    /// Representations are kept non-negative ([`crate::config::FitConfig::nonneg`]); `embed`
+    /// through this model keeps them so too. Absent from specs written before it existed.
+    #[serde(default, skip_serializing_if = "crate::config::is_false")]
+    pub nonneg: bool,
 }
 
 impl ModelSpec {
@@ -69,6 +73,47 @@ pub struct EnsembleModel {
     pub spec: ModelSpec,
     pub mlps: Vec<Mlp>,
     pub projection: Option<Projection>,
+}
+
+/// Replaces every row `x` by its nearest point (Euclidean) among the unit vectors with no
+/// negative entry: `max(x, 0) / |max(x, 0)|`, or the basis vector of its largest entry when no
+/// entry is positive. Rows with nothing to clamp are left exactly as they are, so the average
+/// baseline of post-ReLU features (already non-negative, unit norm) passes through unchanged.
+///
+/// Why this and not `abs` or a shift, for the centred PCA init of mixed widths (about half its
+/// entries negative): it is the same projection every constrained step applies, and it keeps
+/// the positive half of each principal direction; `abs` would map x and -x (opposite points)
+/// to the same vector, and shifting by the minimum would add one common offset that dominates
+/// every row, making all rows nearly parallel, which is the very thing the spectrum and
+/// neighbour-similarity diagnostics this variant exists for would then measure.
+///
+/// # Shapes
+/// `x`: `[n, d]`, changed in place.
+pub fn project_nonneg_unit(x: &mut Matrix) {
+    let d = x.cols;
+    if d == 0 {
+        return;
+    }
+    for row in x.data.chunks_exact_mut(d) {
+        if row.iter().all(|&v| v >= 0.0) {
+            continue;
+        }
+        // The largest entry, before the clamp loses it (see the all-negative case below).
+        let top = (0..d).fold(0, |a, k| if row[k] > row[a] { k } else { a });
+        let mut norm2 = 0.0f64;
+        for v in row.iter_mut() {
+            *v = v.max(0.0);
+            norm2 += (*v as f64) * (*v as f64);
+        }
+        if norm2 > 0.0 {
+            let inv = (1.0 / norm2.sqrt()) as f32;
+            row.iter_mut().for_each(|v| *v *= inv);
+        } else {
+            // No positive entry: |x - u|^2 = |x|^2 + 1 - 2 x.u over non-negative unit u is
+            // smallest with all of u on the largest entry of x.
+            row[top] = 1.0;
+        }
+    }
 }
 
 /// The safetensors metadata key that marks an ensembed model and carries its spec.
@@ -96,15 +141,20 @@ impl EnsembleModel {
     }
 
     /// Initial representations of rows `rows`: the average baseline, or the PCA projection of
-    /// the concatenation for mixed widths.
+    /// the concatenation for mixed widths; for a non-negative model, each then projected onto
+    /// the non-negative unit sphere ([`project_nonneg_unit`]).
     ///
     /// # Shapes
     /// returns `[rows.len(), dim]`.
     pub fn initial_representations(&self, feats: &dyn FeatureSet, rows: &[usize], threads: usize) -> Result<Matrix> {
-        match &self.projection {
-            None => average_rows(feats, rows),
-            Some(p) => Ok(p.apply(&concat_rows(feats, rows), threads)),
+        let mut x = match &self.projection {
+            None => average_rows(feats, rows)?,
+            Some(p) => p.apply(&concat_rows(feats, rows), threads),
+        };
+        if self.spec.nonneg {
+            project_nonneg_unit(&mut x);
         }
+        Ok(x)
     }
 
     /// Writes the model as one safetensors file (atomically); the spec rides in its metadata.

@@ -380,16 +380,23 @@ impl Draw for Histograms {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         root.fill(&WHITE).map_err(err)?;
         let root = root.titled(&self.title, (FAMILY, 20)).map_err(err)?;
-        let all = || self.panels.iter().flat_map(|p| p.1.iter().copied()).filter(|v| v.is_finite());
-        let lo = all().fold(f32::MAX, f32::min) as f64;
-        let hi = all().fold(f32::MIN, f32::max) as f64;
-        let (lo, hi) = if lo < hi { (lo, hi) } else { (lo - 0.5, lo + 0.5) };
-        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let bw = (hi - lo) / BINS as f64;
+        // One x range for every panel whose ratio is meaningful (positive median), from the
+        // 1st to the 99th percentile so that a few outliers do not squeeze the rest into one
+        // bin; a panel with a median <= 0 (centred representations: mean cosine near 0, the
+        // ratio explodes either way) gets its own. Values beyond a range count in its end bins.
+        let shared = self
+            .panels
+            .iter()
+            .filter(|p| p.2 > 0.0)
+            .map(|p| robust_range(&p.1))
+            .fold((f64::MAX, f64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)));
         let cols = 3.min(self.panels.len().max(1));
         let rows = self.panels.len().div_ceil(cols).max(1);
         let areas = root.split_evenly((rows, cols));
         for (i, ((name, vals, med), area)) in self.panels.iter().zip(areas.iter()).enumerate() {
+            let meaningful = *med > 0.0;
+            let (lo, hi) = tidy_range(if meaningful { shared } else { robust_range(vals) });
+            let bw = (hi - lo) / BINS as f64;
             let mut counts = vec![0usize; BINS];
             for &v in vals.iter().filter(|v| v.is_finite()) {
                 let b = (((v as f64 - lo) / bw) as usize).min(BINS - 1);
@@ -398,7 +405,10 @@ impl Draw for Histograms {
             let frac: Vec<f64> = counts.iter().map(|&c| c as f64 / vals.len().max(1) as f64).collect();
             let ymax = frac.iter().fold(0.0f64, |a, &b| a.max(b)) * 1.15 + 1e-9;
             let mut chart = ChartBuilder::on(area)
-                .caption(format!("{name}: median {med:.3}"), (FAMILY, 15))
+                .caption(
+                    if meaningful { format!("{name}: median {med:.3}") } else { format!("{name}: median {med:.3} (mean cos ~ 0)") },
+                    (FAMILY, 15),
+                )
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(45)
@@ -429,6 +439,31 @@ impl Draw for Histograms {
     }
 }
 
+/// The 1st and 99th percentiles of the finite values of `v`; (MAX, MIN) when there are none.
+///
+/// # Shapes
+/// `v`: `[n]`.
+fn robust_range(v: &[f32]) -> (f64, f64) {
+    let mut s: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return (f64::MAX, f64::MIN);
+    }
+    s.sort_by(f32::total_cmp);
+    let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize] as f64;
+    (at(0.01), at(0.99))
+}
+
+/// A drawable range from `(lo, hi)`: widened when empty or a single point, (0, 1) when unset.
+fn tidy_range((lo, hi): (f64, f64)) -> (f64, f64) {
+    if !(lo.is_finite() && hi.is_finite()) || lo > hi {
+        (0.0, 1.0)
+    } else if lo == hi {
+        (lo - 0.5, lo + 0.5)
+    } else {
+        (lo, hi)
+    }
+}
+
 /// (c) Histograms of the normalised NN similarity (max/mean cosine) per method, median marked.
 pub fn nn_similarity_figure(report: &Report) -> Result<Figure> {
     let panels: Vec<_> = report
@@ -444,7 +479,8 @@ pub fn nn_similarity_figure(report: &Report) -> Result<Figure> {
 
 // ---------------------------------------------------------------- (d) loss curves
 
-/// (d) The fit loss per epoch and the test embedding loss per epoch, with the end of warm-up.
+/// (d) The fit loss per epoch and the test embedding loss per epoch (of ours and of every
+/// variant), with the end of warm-up.
 pub fn loss_figure(report: &Report) -> Result<Figure> {
     let c = &report.comparison;
     let mut series = Vec::new();
@@ -453,6 +489,14 @@ pub fn loss_figure(report: &Report) -> Result<Figure> {
     }
     if !c.embed_history.is_empty() {
         series.push(("embed (test)".to_string(), c.embed_history.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()));
+    }
+    for v in &report.variants {
+        if !v.fit_history.is_empty() {
+            series.push((format!("{}: fit", v.name), v.fit_history.iter().map(|e| ((e.epoch + 1) as f64, e.loss)).collect()));
+        }
+        if !v.embed_history.is_empty() {
+            series.push((format!("{}: embed", v.name), v.embed_history.iter().enumerate().map(|(i, &l)| ((i + 1) as f64, l)).collect()));
+        }
     }
     let vlines = c
         .fit_history

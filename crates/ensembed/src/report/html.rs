@@ -53,7 +53,7 @@ fn comparison_table(r: &Report) -> String {
         if c.config.linear.is_some() {
             cells.push(pct(m.linear.as_ref().map(|l| l.top1)));
         }
-        s += &row(&cells, false).replacen("<tr>", if m.name == "ours" { "<tr class=\"ours\">" } else { "<tr>" }, 1);
+        s += &row(&cells, false).replacen("<tr>", if m.name.starts_with("ours") { "<tr class=\"ours\">" } else { "<tr>" }, 1);
     }
     for (name, why) in &c.skipped {
         s += &format!("<tr><td>{}</td><td colspan=\"{}\">skipped: {}</td></tr>\n", escape(name), head.len() - 1, escape(why));
@@ -61,14 +61,30 @@ fn comparison_table(r: &Report) -> String {
     s + "</table>\n"
 }
 
+/// One sentence per variant: what differs from `ours`.
+fn variant_notes(r: &Report) -> String {
+    r.variants
+        .iter()
+        .map(|v| {
+            if v.transferred {
+                format!("; {}: MLPs of a model fitted on another store, train and test embedded through them", v.name)
+            } else if v.fit.nonneg {
+                format!("; {}: the same fit with the representations kept non-negative", v.name)
+            } else {
+                format!("; {}: fitted here", v.name)
+            }
+        })
+        .collect()
+}
+
 /// The page. `figures` are inlined in order; `json_name` is the sibling file with all numbers.
 pub fn page(r: &Report, figures: &[Figure], json_name: &str) -> String {
     let c = &r.comparison;
     let d = &r.diagnostics;
     let summary = c.table().lines().last().filter(|l| l.starts_with("ours - best")).unwrap_or("").to_string();
-    let mut rec = String::from("<table>\n") + &row(&["backbone".into(), "train".into(), "test".into()], true);
+    let mut rec = String::from("<table>\n") + &row(&["method".into(), "backbone".into(), "train".into(), "test".into()], true);
     for x in &d.recovery_cosine {
-        rec += &row(&[x.backbone.clone(), format!("{:.4}", x.train), format!("{:.4}", x.test)], false);
+        rec += &row(&[x.method.clone(), x.backbone.clone(), format!("{:.4}", x.train), format!("{:.4}", x.test)], false);
     }
     rec += "</table>\n";
     let mut diag = String::from("<table>\n")
@@ -91,7 +107,7 @@ pub fn page(r: &Report, figures: &[Figure], json_name: &str) -> String {
         cfg.depth,
         cfg.seed,
         if c.fit_history.is_empty() { " (MLPs of a given model; not fitted here)" } else { "" }
-    );
+    ) + &variant_notes(r);
     let mut figs = String::new();
     for f in figures {
         let svg = f.svg.trim_start();

@@ -12,7 +12,7 @@ pub mod sweep;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use evaluate::{effective_rank, evaluate, median, Diagnostics, MethodDiagnostics, RecoveryRow, Report};
+pub use evaluate::{effective_rank, evaluate, evaluate_with, median, Diagnostics, MethodDiagnostics, RecoveryRow, Report, Variant, VariantRun};
 pub use figures::{report_figures, sweep_figure, Figure};
 pub use sweep::{apply_sweep_value, SWEEP_PARAMS};
 

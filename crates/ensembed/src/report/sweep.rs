@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// The names `--param` accepts (the CLI flag names without `--`).
 pub const SWEEP_PARAMS: &[&str] = &[
     "depth", "lr", "lr-bank", "batch", "epochs", "weight-decay", "bank", "warmup", "last-bias", "final-relu", "seed", "hidden",
-    "dim",
+    "dim", "nonneg",
 ];
 
 fn parse<T: std::str::FromStr>(param: &str, value: &str, what: &str) -> Result<T> {
@@ -53,6 +53,7 @@ pub fn apply_sweep_value(base: &FitConfig, param: &str, value: &str, lr_scaling:
         "seed" => c.seed = parse(param, value, "an integer")?,
         "hidden" => c.hidden = Some(parse(param, value, "an integer")?),
         "dim" => c.dim = Some(parse(param, value, "an integer")?),
+        "nonneg" => c.nonneg = parse(param, value, "true or false")?,
         _ => return Err(Error::config("param", param, format!("must be one of {}", SWEEP_PARAMS.join(", ")))),
     }
     c.validate()?;

@@ -221,7 +221,7 @@ fn dense_bank_moves_rows_outside_the_batch_and_lazy_does_not() {
 
 /// Eager dense Adam over the whole bank, written out as `torch.optim.Adam` computes it (the
 /// pre-deferral implementation): every row takes every step, zero gradient outside the batch.
-fn eager_dense_step(hp: &AdamParams, t: u64, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: usize, idx: &[usize], grad: &[f32]) {
+pub(crate) fn eager_dense_step(hp: &AdamParams, t: u64, p: &mut [f32], m: &mut [f32], v: &mut [f32], d: usize, idx: &[usize], grad: &[f32]) {
     let bc1 = 1.0 - (hp.beta1 as f64).powf(t as f64);
     let bc2 = 1.0 - (hp.beta2 as f64).powf(t as f64);
     let (step_size, bc2_sqrt) = ((hp.lr as f64 / bc1) as f32, bc2.sqrt() as f32);

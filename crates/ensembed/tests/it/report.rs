@@ -10,7 +10,8 @@ use ensembed::analysis::{normalized_nn_similarity, singular_values};
 use ensembed::compare::{compare, CompareConfig};
 use ensembed::eval::knn::KnnConfig;
 use ensembed::features::backbone_matrix;
-use ensembed::report::{apply_sweep_value, evaluate, report_figures, sweep_figure, write_report, Report};
+use ensembed::fit::fit;
+use ensembed::report::{apply_sweep_value, evaluate, evaluate_with, report_figures, sweep_figure, write_report, Report, Variant};
 use ensembed::{FitConfig, InMemory, Matrix, NoProgress};
 use rand::Rng;
 
@@ -121,6 +122,88 @@ fn evaluate_gives_the_numbers_of_compare_and_of_the_analysis() {
         assert!(x.train > 0.5 && x.train <= 1.0 + 1e-9 && x.test > 0.5 && x.test <= 1.0 + 1e-9, "{x:?}");
     }
     assert!(r.to_json()["diagnostics"]["methods"][4]["effective_rank"].as_f64().unwrap() > 1.0);
+}
+
+#[test]
+fn variants_are_scored_and_diagnosed_like_ours() {
+    // The non-negative fit and MLPs transferred from another problem get rows, diagnostics,
+    // recovery and loss curves; each row equals what `compare` gives for that setting alone
+    // (the transferred one: `compare` with that model, the nonneg one: `compare` with
+    // `nonneg`).
+    let (tr, ytr) = problem(60, 1);
+    let (te, yte) = problem(30, 2);
+    let (other, _) = problem(45, 7);
+    let cfg = config();
+    let donor = fit(&other, &cfg.fit, &NoProgress).unwrap().model;
+    let nonneg = FitConfig { nonneg: true, ..cfg.fit.clone() };
+    let variants = [
+        Variant { name: "ours-nonneg".into(), fit: nonneg.clone(), model: None },
+        Variant { name: "ours-transfer".into(), fit: cfg.fit.clone(), model: Some(&donor) },
+    ];
+    let r = evaluate_with(&tr, &ytr, &te, &yte, None, &cfg, &variants, &NoProgress).unwrap();
+    let names: Vec<&str> = r.comparison.methods.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["alpha", "beta", "average", "concat", "ours", "ours-nonneg", "ours-transfer"]);
+    let diag: Vec<&str> = r.diagnostics.methods.iter().map(|m| m.method.as_str()).collect();
+    assert_eq!(diag, names);
+    let alone = |fit: &FitConfig, model| {
+        let c = compare(&tr, &ytr, &te, &yte, model, &CompareConfig { fit: fit.clone(), ..config() }, &NoProgress).unwrap();
+        serde_json::to_value(c.method("ours").unwrap()).unwrap()
+    };
+    let row = |name: &str| {
+        let mut v = serde_json::to_value(r.comparison.method(name).unwrap()).unwrap();
+        v["name"] = "ours".into();
+        v
+    };
+    assert_eq!(row("ours-nonneg"), alone(&nonneg, None));
+    assert_eq!(row("ours-transfer"), alone(&cfg.fit, Some(&donor)));
+    let rec: Vec<&str> = r.diagnostics.recovery_cosine.iter().map(|x| x.method.as_str()).collect();
+    assert_eq!(rec, ["ours", "ours", "ours-nonneg", "ours-nonneg", "ours-transfer", "ours-transfer"]);
+    assert!(r.variants[0].fit.nonneg && !r.variants[0].transferred && r.variants[0].fit_history.len() == 3);
+    assert!(r.variants[1].transferred && r.variants[1].fit_history.is_empty() && r.variants[1].embed_history.len() == 3);
+    assert_eq!(r.to_json()["variants"][1]["name"], "ours-transfer");
+    // The table's gap lines: one per learned row, `ours` last (the page quotes the last line).
+    let table = r.comparison.table();
+    let gaps: Vec<&str> = table.lines().filter(|l| l.contains(" - best baseline")).map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(gaps, ["ours-nonneg", "ours-transfer", "ours"]);
+    // The loss figure draws the variants' curves too.
+    let figs = report_figures(&r).unwrap();
+    let loss = figs.iter().find(|f| f.name == "loss").unwrap();
+    assert!(loss.svg.contains("ours-nonneg: fit") && loss.svg.contains("ours-transfer: embed"));
+    // A variant must be named as one.
+    let bad = [Variant { name: "nonneg".into(), fit: nonneg, model: None }];
+    let e = evaluate_with(&tr, &ytr, &te, &yte, None, &cfg, &bad, &NoProgress).unwrap_err().to_string();
+    assert!(e.contains("nonneg") && e.contains("ours-"), "{e}");
+}
+
+#[test]
+fn a_report_reads_back_from_its_json_and_redraws_the_same() {
+    // report.json carries everything the figures and page need: read back, it gives the same
+    // JSON and the same figures, so `ensembed redraw` needs no refit.
+    let r = report();
+    let back = Report::from_json(&r.to_json()).expect("a report's own JSON");
+    assert_eq!(back.to_json(), r.to_json());
+    let (a, b) = (report_figures(&r).unwrap(), report_figures(&back).unwrap());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.name, &x.svg, &x.png), (&y.name, &y.svg, &y.png));
+    }
+    assert!(Report::from_json(&serde_json::json!({"comparison": {}})).is_none());
+}
+
+#[test]
+fn similarity_histograms_share_a_robust_range_and_flag_centred_methods() {
+    // One panel with a median <= 0 (a centred representation: the ratio is meaningless) and
+    // huge outliers must neither stretch the others' shared x range nor go unflagged.
+    let mut r = report();
+    let n = r.diagnostics.methods[0].nn_similarity.len();
+    let ours = r.diagnostics.methods.last_mut().unwrap();
+    ours.nn_similarity = (0..n).map(|i| if i % 2 == 0 { -200.0 } else { 5e4 }).collect();
+    ours.nn_similarity_median = -200.0;
+    let svg = ensembed::report::figures::nn_similarity_figure(&r).unwrap().svg;
+    assert!(svg.contains("ours: median -200.000 (mean cos ~ 0)"), "the centred panel is flagged");
+    assert_eq!(svg.matches("(mean cos ~ 0)").count(), 1);
+    // The shared axis of the other panels stays within the data's own scale (no 50000 tick
+    // in every panel, as a range over all values would give).
+    assert!(svg.matches("50000.00").count() <= 1, "outliers stretched the shared range");
 }
 
 fn assert_no_temps(dir: &Path) {
