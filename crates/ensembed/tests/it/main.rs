@@ -13,6 +13,7 @@ mod fuzz;
 mod knn;
 mod linear;
 mod model;
+mod onnx;
 mod pipeline;
 mod report;
 mod store;
