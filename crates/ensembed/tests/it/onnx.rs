@@ -502,6 +502,30 @@ fn unknown_onnx_operator_is_named() {
     assert!(msg.contains("dilations [2, 2]"), "{msg}");
 }
 
+#[test]
+fn onnx_graphs_that_would_loop_or_empty_a_map_are_errors() {
+    // Identity b -> c, then c -> b: redefining `b` would make an alias cycle.
+    let mut w = OnnxWriter::new("x", [None, Some(3), Some(8), Some(8)]);
+    w.node("Identity", &["x"], &["b"], &[]);
+    w.node("Identity", &["b"], &["c"], &[]);
+    w.node("Identity", &["c"], &["b"], &[]);
+    w.node("GlobalAveragePool", &["c"], &["g"], &[]);
+    w.output("g");
+    let msg = load_err(&w.finish()).to_string();
+    assert!(msg.contains("output 'b' is already defined") && msg.contains("graph.node[2]"), "{msg}");
+    // A slice keeping no channel is refused when it runs, not a panic further on.
+    let mut w = OnnxWriter::new("x", [None, Some(3), Some(8), Some(8)]);
+    w.init_i64("s", &[1]);
+    w.init_i64("e", &[1]);
+    w.init_i64("a", &[1]);
+    w.node("Slice", &["x", "s", "e", "a"], &["y"], &[]);
+    w.node("GlobalAveragePool", &["y"], &["g"], &[]);
+    w.output("g");
+    let m = OnnxModel::from_bytes(&w.finish(), Path::new("empty.onnx"), &PreprocessOverride::default()).unwrap();
+    let msg = m.features(&[image(4)]).unwrap_err().to_string();
+    assert!(msg.contains("slice output") && msg.contains("8x8x0"), "{msg}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Mutation fuzzing of the reader, the planner and the executor.
 

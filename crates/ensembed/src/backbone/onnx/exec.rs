@@ -201,6 +201,10 @@ fn step(op: &Op, input: usize, vals: &[Option<Val>], ws: &mut Workspace, threads
                 let n = if e > s { (e - s - 1) / steps[a] + 1 } else { 0 };
                 r[a] = (s as usize, n as usize, steps[a] as usize);
             }
+            if r.iter().any(|a| a.1 == 0) {
+                // Every later step assumes at least one pixel and one channel.
+                return Err(Error::shape("slice output", "at least 1x1x1", format!("{}x{}x{}", r[0].1, r[1].1, r[2].1)));
+            }
             let mut out = ws.fmap(r[0].1, r[1].1, r[2].1);
             let oc = out.c;
             for y in 0..out.h {

@@ -16,6 +16,7 @@
 //! that ensembed exported records its own in the metadata key [`PREPROCESS_KEY`], and
 //! `--resize/--crop/--mean/--std` override either.
 
+mod attrs;
 mod exec;
 pub(crate) mod export;
 mod plan;

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use super::attrs::Attrs;
 use super::proto::{AttrValue, Graph, Node, Tensor, TensorData, DT_FLOAT};
 use crate::backbone::cnn::{fold_batch_norm, Act, BatchNorm, Conv2d, DepthwiseConv2d, Linear, Padding};
 use crate::error::{Error, Result};
@@ -256,7 +257,7 @@ impl Planner<'_> {
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
             return Err(err(format!("operator domain '{}' is not supported (only the default ONNX domain)", n.domain)));
         }
-        let a = Attrs { node: n, path: self.path, at: &at };
+        let a = Attrs::new(n, self.path, &at);
         let op = n.op_type.as_str();
         if op == "Constant" {
             let t = match n.attributes.first().map(|x| (&x.name[..], &x.value)) {
@@ -275,7 +276,7 @@ impl Planner<'_> {
         }
         let x = n.inputs.first().filter(|s| !s.is_empty()).ok_or_else(|| err("has no input".into()))?;
         let out = n.outputs.first().filter(|s| !s.is_empty()).ok_or_else(|| err("has no output".into()))?.clone();
-        if self.producer.contains_key(&out) || out == self.input || self.consts.contains_key(&out) {
+        if self.producer.contains_key(&out) || self.alias.contains_key(&out) || out == self.input || self.consts.contains_key(&out) {
             return Err(err(format!("output '{out}' is already defined (a graph must be in SSA form)")));
         }
         for (k, o) in n.outputs.iter().enumerate().skip(1) {
@@ -594,6 +595,9 @@ impl Planner<'_> {
         };
         // Linear holds [outputs, inputs]: Gemm's B with transB, else B's transpose.
         let (outputs, inputs) = if trans_b { (r, c) } else { (c, r) };
+        if outputs == 0 || inputs == 0 {
+            return Err(err(format!("weight has dims {:?}: empty", b.dims)));
+        }
         let mut w = vec![0.0; bw.len()];
         for o in 0..outputs {
             for i in 0..inputs {
@@ -730,82 +734,6 @@ impl Planner<'_> {
             .ok_or_else(|| Error::format(self.path, "graph", "has no GlobalAveragePool (or ReduceMean over H and W): ensembed takes the pooled feature there"))?;
         let head = steps.iter().rposition(|s| matches!(s.op, Op::Linear(_))).filter(|&h| h > pooled);
         Ok(Plan { slots: steps.len() + 1, steps, pooled, head, input_name: self.input, input_shape })
-    }
-}
-
-/// Typed access to a node's attributes, errors naming the node.
-struct Attrs<'a> {
-    node: &'a Node,
-    path: &'a Path,
-    at: &'a str,
-}
-
-impl Attrs<'_> {
-    fn get(&self, name: &str) -> Option<&AttrValue> {
-        self.node.attributes.iter().find(|a| a.name == name).map(|a| &a.value)
-    }
-
-    fn wrong(&self, name: &str, want: &str, v: &AttrValue) -> Error {
-        Error::format(self.path, self.at, format!("attribute `{name}` should be {want}, found {}", v.kind()))
-    }
-
-    fn int(&self, name: &str, dflt: i64) -> Result<i64> {
-        match self.get(name) {
-            None => Ok(dflt),
-            Some(AttrValue::Int(i)) => Ok(*i),
-            Some(v) => Err(self.wrong(name, "an INT", v)),
-        }
-    }
-
-    fn float(&self, name: &str, dflt: f32) -> Result<f32> {
-        match self.get(name) {
-            None => Ok(dflt),
-            Some(AttrValue::Float(f)) => Ok(*f),
-            Some(v) => Err(self.wrong(name, "a FLOAT", v)),
-        }
-    }
-
-    fn ints(&self, name: &str) -> Result<Option<Vec<i64>>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(AttrValue::Ints(v)) => Ok(Some(v.clone())),
-            Some(v) => Err(self.wrong(name, "INTS", v)),
-        }
-    }
-
-    fn string(&self, name: &str) -> Result<Option<String>> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(AttrValue::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.wrong(name, "a STRING", v)),
-        }
-    }
-
-    /// `strides`: equal along both axes, at least 1.
-    fn stride(&self) -> Result<usize> {
-        match self.ints("strides")?.as_deref() {
-            None => Ok(1),
-            Some(&[a, b]) if a == b && a >= 1 && a as usize <= MAX_PAD => Ok(a as usize),
-            Some(s) => Err(Error::format(self.path, self.at, format!("strides {s:?}: equal strides between 1 and {MAX_PAD} are supported"))),
-        }
-    }
-
-    /// `auto_pad` and `pads` as a [`Padding`].
-    fn padding(&self) -> Result<Padding> {
-        let auto = self.string("auto_pad")?.unwrap_or_else(|| "NOTSET".into());
-        match auto.as_str() {
-            "SAME_UPPER" => return Ok(Padding::Same),
-            "VALID" => return Ok(Padding::Symmetric(0)),
-            "NOTSET" => {}
-            other => return Err(Error::format(self.path, self.at, format!("auto_pad '{other}' is not supported (NOTSET, SAME_UPPER, VALID are)"))),
-        }
-        let pads = self.ints("pads")?.unwrap_or_else(|| vec![0; 4]);
-        let bad = || Error::format(self.path, self.at, format!("pads {pads:?}: ensembed supports [b, b, a, a] (the same before on both axes, the same after) with values from 0 to {MAX_PAD}"));
-        let &[t, l, b, r] = &pads[..] else { return Err(bad()) };
-        if t != l || b != r || [t, b].iter().any(|&p| p < 0 || p as usize > MAX_PAD) {
-            return Err(bad());
-        }
-        Ok(if t == b { Padding::Symmetric(t as usize) } else { Padding::Explicit { before: t as usize, after: b as usize } })
     }
 }
 
