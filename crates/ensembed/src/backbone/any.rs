@@ -3,13 +3,15 @@
 //! first bytes (a TFLite flatbuffer has the identifier `TFL3` at offset 4; a PyTorch checkpoint
 //! is a zip archive or a legacy pickle, see [`is_checkpoint`]) and dispatches. TFLite
 //! models keep their own, bit-exact pipeline (preprocessing overrides are refused for them);
-//! checkpoints go through [`super::cnn`].
+//! checkpoints go through [`super::cnn`]; an ONNX model (a protobuf ModelProto, whose first field
+//! is `ir_version`, or any file named `.onnx`) goes through [`super::onnx`].
 
 use std::io::Read;
 use std::path::Path;
 
 use super::checkpoint::is_checkpoint;
 use super::cnn::{CnnModel, PreprocessOverride, SUPPORTED};
+use super::onnx::{self, OnnxModel};
 use super::{RgbImage, TfliteModel};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
@@ -21,6 +23,8 @@ pub enum Backbone {
     Tflite(Box<TfliteModel>),
     /// A float CNN from a PyTorch checkpoint.
     Cnn(CnnModel),
+    /// A float CNN from an ONNX file.
+    Onnx(OnnxModel),
 }
 
 /// Anything that turns images into pooled features: what [`super::extract_folder`] needs.
@@ -49,6 +53,15 @@ impl FeatureExtractor for CnnModel {
     }
 }
 
+impl FeatureExtractor for OnnxModel {
+    fn pooled_dim(&self) -> usize {
+        OnnxModel::pooled_dim(self)
+    }
+    fn features(&self, images: &[RgbImage]) -> Result<Matrix> {
+        OnnxModel::features(self, images)
+    }
+}
+
 impl FeatureExtractor for Backbone {
     fn pooled_dim(&self) -> usize {
         Backbone::pooled_dim(self)
@@ -70,6 +83,11 @@ pub const FORMATS: &[(&str, &str)] = &[
         "PyTorch checkpoint (.pth/.pt/.th, zip or legacy pickle)",
         "float CNNs recognised from their state dict (below); batch norm folded at load",
     ),
+    (
+        "ONNX (.onnx, weights inside the file)",
+        "float CNNs of image classifiers (PyTorch, timm, tf2onnx exports); feature = the last global \
+         average pool, logits = the Gemm/MatMul after it; ImageNet preprocessing by default",
+    ),
 ];
 
 /// A multi-line description of every supported format and architecture.
@@ -82,6 +100,10 @@ pub fn supported() -> String {
     for (a, keys) in SUPPORTED {
         s += &format!("  {a}\n      {keys}\n");
     }
+    s += &format!(
+        "ONNX operators (default domain, float; batch norm folded, activations and residual sums fused):\n  {}\n",
+        onnx::OPS.join(", ")
+    );
     s
 }
 
@@ -124,6 +146,9 @@ impl Backbone {
         if is_checkpoint(head) {
             return Ok(Backbone::Cnn(CnnModel::load(path, over)?));
         }
+        if onnx::looks_like_model(head) || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx")) {
+            return Ok(Backbone::Onnx(OnnxModel::load(path, over)?));
+        }
         let formats: Vec<&str> = FORMATS.iter().map(|(f, _)| *f).collect();
         Err(Error::format(
             path,
@@ -141,6 +166,7 @@ impl Backbone {
         match self {
             Backbone::Tflite(m) => m.path(),
             Backbone::Cnn(m) => m.path(),
+            Backbone::Onnx(m) => m.path(),
         }
     }
 
@@ -149,6 +175,7 @@ impl Backbone {
         match self {
             Backbone::Tflite(m) => m.pooled_dim(),
             Backbone::Cnn(m) => m.pooled_dim(),
+            Backbone::Onnx(m) => m.pooled_dim(),
         }
     }
 
@@ -157,6 +184,7 @@ impl Backbone {
         match self {
             Backbone::Tflite(m) => m.num_classes(),
             Backbone::Cnn(m) => m.num_classes(),
+            Backbone::Onnx(m) => m.num_classes(),
         }
     }
 
@@ -168,6 +196,7 @@ impl Backbone {
         match self {
             Backbone::Tflite(m) => m.features(images),
             Backbone::Cnn(m) => m.features(images),
+            Backbone::Onnx(m) => m.features(images),
         }
     }
 
@@ -177,6 +206,7 @@ impl Backbone {
         match self {
             Backbone::Tflite(m) => m.classify(image),
             Backbone::Cnn(m) => m.classify(image),
+            Backbone::Onnx(m) => m.classify(image),
         }
     }
 
@@ -196,6 +226,7 @@ impl Backbone {
                 )
             }
             Backbone::Cnn(m) => format!("PyTorch {}: {}", m.path().display(), m.describe()),
+            Backbone::Onnx(m) => format!("{}: {}", m.path().display(), m.describe()),
         }
     }
 }

@@ -29,6 +29,7 @@ mod extract;
 mod graph;
 mod images;
 mod jpeg;
+pub mod onnx;
 mod ops;
 mod pickle;
 mod plan;
@@ -48,6 +49,7 @@ use ops::QType;
 pub use any::{supported, Backbone, FeatureExtractor, FORMATS};
 pub use checkpoint::{load_checkpoint, StateDict, Tensor};
 pub use extract::{extract_folder, extract_images, extract_partial_path, file_fingerprint, ExtractOptions};
+pub use onnx::OnnxModel;
 pub use images::{list_image_file, list_image_folder, list_images, ImageSet, IMAGE_EXTENSIONS};
 pub use preprocess::RgbImage;
 

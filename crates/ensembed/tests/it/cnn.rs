@@ -163,6 +163,9 @@ fn conv_matches_naive_reference() {
         (23, 17, 3, 8, 7, 2, Padding::Symmetric(3)),
         (15, 16, 6, 5, 3, 2, Padding::Same),
         (8, 8, 4, 6, 5, 2, Padding::Same),
+        // ONNX's explicit asymmetric pads (tf2onnx's rendering of SAME).
+        (9, 10, 4, 6, 3, 2, Padding::Explicit { before: 0, after: 1 }),
+        (7, 7, 3, 5, 3, 1, Padding::Explicit { before: 2, after: 0 }),
         (64, 60, 64, 96, 3, 1, Padding::Symmetric(1)),
         (40, 40, 300, 320, 1, 1, Padding::Symmetric(0)),
     ];
@@ -177,6 +180,7 @@ fn conv_matches_naive_reference() {
             let y = Workspace::with(|ws| conv.forward(&x, Some(&res), Act::Relu, ws, threads)).unwrap();
             let (pt, pl) = match pad {
                 Padding::Symmetric(p) => (p, p),
+                Padding::Explicit { before, .. } => (before, before),
                 // TF "SAME": the total padding split with the odd pixel after.
                 Padding::Same => (((oh - 1) * s + k).saturating_sub(h) / 2, ((ow - 1) * s + k).saturating_sub(w) / 2),
             };
@@ -209,6 +213,7 @@ fn depthwise_matches_naive_reference_and_known_answer() {
         (14, 14, 40, 5, 2, Padding::Same),
         (9, 11, 7, 5, 1, Padding::Same),
         (10, 10, 16, 3, 1, Padding::Symmetric(1)),
+        (10, 9, 8, 3, 2, Padding::Explicit { before: 0, after: 1 }),
     ] {
         let x = random_fmap(&mut r, h, w, c);
         let wt = random_vec(&mut r, c * k * k, 1.0);
@@ -218,6 +223,7 @@ fn depthwise_matches_naive_reference_and_known_answer() {
         let (oh, ow) = dw.out_size(h, w).unwrap();
         let (pt, pl) = match pad {
             Padding::Symmetric(p) => (p, p),
+            Padding::Explicit { before, .. } => (before, before),
             Padding::Same => (((oh - 1) * s + k).saturating_sub(h) / 2, ((ow - 1) * s + k).saturating_sub(w) / 2),
         };
         let mut refr = naive_conv(&Chw::from_nhwc(&x), &wt, c, k, s, (pt, pl), (oh, ow), c);

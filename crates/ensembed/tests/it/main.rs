@@ -14,6 +14,7 @@ mod knn;
 mod linear;
 mod model;
 mod nonneg;
+mod onnx;
 mod pipeline;
 mod report;
 mod store;

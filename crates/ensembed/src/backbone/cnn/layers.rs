@@ -60,6 +60,9 @@ pub enum Padding {
     /// TensorFlow's "SAME": output `ceil(in / stride)`, the padding that needs split with the
     /// odd one after (bottom/right), as `Conv2dStaticSamePadding` of the EfficientNet ports.
     Same,
+    /// `before` zeros above and left, `after` below and right: ONNX's explicit `pads` when they
+    /// differ between the two ends (what tf2onnx writes for TensorFlow's "SAME").
+    Explicit { before: usize, after: usize },
 }
 
 impl Padding {
@@ -74,6 +77,10 @@ impl Padding {
                 let out = input.div_ceil(stride);
                 let total = ((out - 1) * stride + kernel).saturating_sub(input);
                 Some((out, total / 2))
+            }
+            Padding::Explicit { before, after } => {
+                let span = input + before + after;
+                (span >= kernel).then(|| ((span - kernel) / stride + 1, before))
             }
         }
     }
@@ -243,6 +250,30 @@ impl Conv2d {
     pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
         let (oh, ow) = self.out_size(h, w).ok()?;
         Some((oh * ow * self.oc * self.kh * self.kw * self.ic) as u64)
+    }
+
+    /// The weights back in PyTorch's (and ONNX's) layout, for export.
+    ///
+    /// # Shapes
+    /// Returns `[oc, ic, kh, kw]`.
+    pub fn weight_oihw(&self) -> Vec<f32> {
+        let (oc, ic, kh, kw) = (self.oc, self.ic, self.kh, self.kw);
+        let mut w = vec![0.0; self.weight.len()];
+        for o in 0..oc {
+            for c in 0..ic {
+                for y in 0..kh {
+                    for x in 0..kw {
+                        w[((o * ic + c) * kh + y) * kw + x] = self.weight[((y * kw + x) * ic + c) * oc + o];
+                    }
+                }
+            }
+        }
+        w
+    }
+
+    /// The (folded) bias. `[oc]`
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
     }
 
     /// Output (height, width) for an input of `h` x `w`.
@@ -694,6 +725,16 @@ impl Linear {
             weight,
             bias,
         }
+    }
+
+    /// The weights as PyTorch stores them. `[outputs, inputs]`
+    pub fn weight(&self) -> &[f32] {
+        &self.weight
+    }
+
+    /// The bias. `[outputs]`
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
     }
 
     /// `x · Wᵀ + b` for a batch of rows.

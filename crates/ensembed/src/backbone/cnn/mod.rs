@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+use super::onnx::OnnxWriter;
 use super::{RgbImage, StateDict, Tensor};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
@@ -201,6 +202,16 @@ pub(crate) trait Net: Send + Sync {
     fn head(&self) -> Option<&Linear>;
     /// Multiply-adds of the convolutions and the head for an `h` x `w` input.
     fn macs(&self, h: usize, w: usize) -> u64;
+    /// Writes the trunk as ONNX nodes reading `input` (`[N, 3, h, w]`) and returns the name of
+    /// the pooled `[N, C, 1, 1]` value ([`crate::backbone::onnx::export`]).
+    fn onnx_trunk(&self, w: &mut OnnxWriter, input: &str) -> Result<String> {
+        let _ = (w, input);
+        Err(Error::config(
+            "export",
+            self.name(),
+            "exporting this architecture to ONNX is not implemented (the ResNets are)",
+        ))
+    }
 }
 
 /// Reads tensors out of a state dict while recording which were used, so that a checkpoint
@@ -433,6 +444,11 @@ impl CnnModel {
     /// The file the model was loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The recognised network, for export.
+    pub(crate) fn net(&self) -> &dyn Net {
+        self.net.as_ref()
     }
 
     /// The recognised architecture ("ResNet-50", ...).

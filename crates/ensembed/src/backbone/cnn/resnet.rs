@@ -9,6 +9,7 @@
 
 use super::layers::{global_avg_pool, max_pool, Act, Conv2d, Fmap, Linear, Padding, Workspace};
 use super::{Net, Preprocess, Weights, IMAGENET_MEAN, IMAGENET_STD};
+use crate::backbone::onnx::{self, OnnxWriter};
 use crate::backbone::StateDict;
 use crate::error::{Error, Result};
 
@@ -87,6 +88,22 @@ impl Block {
         }
         ws.recycle(x);
         Ok(out)
+    }
+
+    /// Writes the block as ONNX nodes (shortcut first, as [`Block::forward`] computes it, so
+    /// that the reader fuses the sum into the same convolution) and returns its output.
+    fn onnx(&self, w: &mut OnnxWriter, x: &str) -> Result<String> {
+        let res = match &self.shortcut {
+            Shortcut::Identity => x.to_string(),
+            Shortcut::OptionA { pad } => onnx::export::option_a(w, x, *pad),
+            Shortcut::Projection(c) => onnx::export::conv(w, x, c, Act::None, None)?,
+        };
+        let last = self.convs.len() - 1;
+        let mut h = x.to_string();
+        for c in &self.convs[..last] {
+            h = onnx::export::conv(w, &h, c, Act::Relu, None)?;
+        }
+        onnx::export::conv(w, &h, &self.convs[last], Act::Relu, Some(&res))
     }
 
     fn macs(&self, h: usize, w: usize) -> (u64, usize, usize) {
@@ -233,6 +250,14 @@ impl Net for CifarResNet {
             (hh, ww) = (a, c);
         }
         total + (self.head.inputs * self.head.outputs) as u64
+    }
+
+    fn onnx_trunk(&self, w: &mut OnnxWriter, input: &str) -> Result<String> {
+        let mut h = onnx::export::conv(w, input, &self.stem, Act::Relu, None)?;
+        for b in &self.blocks {
+            h = b.onnx(w, &h)?;
+        }
+        Ok(onnx::export::global_pool(w, &h))
     }
 }
 
@@ -398,5 +423,14 @@ impl Net for ResNet {
                 .head
                 .as_ref()
                 .map_or(0, |h| (h.inputs * h.outputs) as u64)
+    }
+
+    fn onnx_trunk(&self, w: &mut OnnxWriter, input: &str) -> Result<String> {
+        let s = onnx::export::conv(w, input, &self.stem, Act::Relu, None)?;
+        let mut h = onnx::export::max_pool(w, &s, 3, 2, 1);
+        for b in &self.blocks {
+            h = b.onnx(w, &h)?;
+        }
+        Ok(onnx::export::global_pool(w, &h))
     }
 }
