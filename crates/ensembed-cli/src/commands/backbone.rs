@@ -27,8 +27,10 @@ pub fn extract(a: ExtractArgs, progress: &Bars) -> Result<()> {
         eprintln!("{name}: {}", model.describe());
         // A resumed run must find the same weights and the same input pipeline.
         let mut fingerprint = file_fingerprint(&file)?;
-        if let Backbone::Cnn(m) = &model {
-            fingerprint += &format!("; {}", m.describe());
+        match &model {
+            Backbone::Cnn(m) => fingerprint += &format!("; {}", m.describe()),
+            Backbone::Onnx(m) => fingerprint += &format!("; {}", m.describe()),
+            Backbone::Tflite(_) => {} // its input pipeline is fixed by the file
         }
         fingerprints.push(fingerprint);
         models.push((name, model));
