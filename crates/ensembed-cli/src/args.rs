@@ -58,8 +58,8 @@ pub enum Command {
     Merge(MergeArgs),
     /// A smaller store: some backbones and/or the first N rows of every class.
     Subset(SubsetArgs),
-    /// Extract pooled features of an image folder through pretrained backbones (TFLite models or
-    /// PyTorch checkpoints).
+    /// Extract pooled features of images (a folder or a list file) through pretrained backbones
+    /// (ONNX models, TFLite models or PyTorch checkpoints), resumably.
     Extract(ExtractArgs),
     /// Top-5 classes of images through a backbone's classifier head (checks a model loads right).
     Classify(ClassifyArgs),
@@ -69,8 +69,8 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
-    /// NAME=FILE or FILE (named after the file): a .tflite model or a PyTorch checkpoint (see
-    /// `ensembed backbones`). Repeat.
+    /// NAME=FILE or FILE (named after the file): an .onnx model, a .tflite model or a PyTorch
+    /// checkpoint (see `ensembed backbones`). Repeat.
     #[arg(long = "backbone", required = true, value_name = "[NAME=]FILE")]
     pub backbones: Vec<String>,
     /// The images: a folder DIR/<class>/<image> (sorted class folders give the labels), a plain
@@ -97,7 +97,7 @@ pub struct ExtractArgs {
 
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    /// The backbone (a .tflite model or a PyTorch checkpoint with a classifier head).
+    /// The backbone (an .onnx or .tflite model, or a PyTorch checkpoint, with a classifier head).
     #[arg(long)]
     pub backbone: PathBuf,
     /// Class names, one per line (index 0 first), e.g. imagenet_labels.txt. A file with one
