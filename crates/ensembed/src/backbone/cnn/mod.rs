@@ -402,6 +402,33 @@ pub enum Parallelism {
     Gemm,
 }
 
+impl Parallelism {
+    /// Runs `one(image, threads)` (an image's `dim` pooled features, computed with that many
+    /// threads for its GEMMs) over `images` as this setting says, and stacks the rows.
+    ///
+    /// # Shapes
+    /// Returns `[images.len(), dim]`.
+    pub(crate) fn map_images(
+        self,
+        images: &[RgbImage],
+        dim: usize,
+        one: impl Fn(&RgbImage, usize) -> Result<Vec<f32>> + Sync,
+    ) -> Result<Matrix> {
+        let threads = rayon::current_num_threads();
+        let per_image = match self {
+            Parallelism::Auto => threads > 1 && images.len() >= threads,
+            Parallelism::Images => true,
+            Parallelism::Gemm => false,
+        };
+        let rows: Vec<Vec<f32>> = if per_image {
+            images.par_iter().map(|im| one(im, 1)).collect::<Result<_>>()?
+        } else {
+            images.iter().map(|im| one(im, threads)).collect::<Result<_>>()?
+        };
+        Matrix::from_vec(rows.len(), dim, rows.concat())
+    }
+}
+
 /// A float CNN loaded from a PyTorch checkpoint, ready to run (`Sync`: one model serves every
 /// thread).
 pub struct CnnModel {
@@ -515,24 +542,7 @@ impl CnnModel {
 
     /// [`CnnModel::features`] with a chosen use of the threads (for benchmarks).
     pub fn features_with(&self, images: &[RgbImage], par: Parallelism) -> Result<Matrix> {
-        let threads = rayon::current_num_threads();
-        let per_image = match par {
-            Parallelism::Auto => threads > 1 && images.len() >= threads,
-            Parallelism::Images => true,
-            Parallelism::Gemm => false,
-        };
-        let rows: Vec<Vec<f32>> = if per_image {
-            images
-                .par_iter()
-                .map(|im| self.pooled_one(im, 1))
-                .collect::<Result<_>>()?
-        } else {
-            images
-                .iter()
-                .map(|im| self.pooled_one(im, threads))
-                .collect::<Result<_>>()?
-        };
-        Matrix::from_vec(rows.len(), self.pooled_dim(), rows.concat())
+        par.map_images(images, self.pooled_dim(), |im, threads| self.pooled_one(im, threads))
     }
 
     /// Logits of the classifier for pooled features.

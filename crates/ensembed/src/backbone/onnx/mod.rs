@@ -25,7 +25,6 @@ mod write;
 
 use std::path::{Path, PathBuf};
 
-use rayon::prelude::*;
 
 use super::cnn::{softmax, Parallelism, Preprocess, PreprocessOverride, Workspace, IMAGENET_MEAN, IMAGENET_STD};
 use super::RgbImage;
@@ -192,19 +191,8 @@ impl OnnxModel {
 
     /// [`OnnxModel::features`] with a chosen use of the threads.
     pub fn features_with(&self, images: &[RgbImage], par: Parallelism) -> Result<Matrix> {
-        let threads = rayon::current_num_threads();
-        let per_image = match par {
-            Parallelism::Auto => threads > 1 && images.len() >= threads,
-            Parallelism::Images => true,
-            Parallelism::Gemm => false,
-        };
         let stop = self.plan.pooled;
-        let rows: Vec<Vec<f32>> = if per_image {
-            images.par_iter().map(|im| self.run_to(im, stop, 1)).collect::<Result<_>>()?
-        } else {
-            images.iter().map(|im| self.run_to(im, stop, threads)).collect::<Result<_>>()?
-        };
-        Matrix::from_vec(rows.len(), self.pooled_dim(), rows.concat())
+        par.map_images(images, self.pooled_dim(), |im, threads| self.run_to(im, stop, threads))
     }
 
     /// The classifier's logits for one image. `[num_classes]`
