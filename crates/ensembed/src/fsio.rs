@@ -12,6 +12,15 @@ use safetensors::tensor::{Dtype, TensorView, View};
 
 use crate::error::{Error, Result};
 
+/// FNV-1a's starting value (64 bits).
+pub const FNV1A_OFFSET: u64 = 0xcbf29ce484222325;
+
+/// Folds `bytes` into the 64-bit FNV-1a hash `h` (start from [`FNV1A_OFFSET`]): enough for a
+/// resumed run to tell that an input changed under it, streamable over any split of the input.
+pub fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
 /// The temporary sibling name used while `path` is being written.
 pub fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use ensembed::artifact::{load_model_dir, weights_path, write_representations, RepresentationWriter};
 use ensembed::config::{BankMode, EmbedConfig};
 use ensembed::embed::{embed, embed_lazy_rows, loss_history};
+use ensembed::fsio::{fnv1a, FNV1A_OFFSET};
 use ensembed::memory::{process_memory, store_feature_bytes, Bytes};
 use ensembed::model::EnsembleModel;
 use ensembed::store::Store;
@@ -47,11 +48,6 @@ struct PartialRecord {
     loss_sums: Vec<u64>,
 }
 
-/// FNV-1a, 64 bits: enough to tell a resumed run that the model changed under it.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
 /// The record of a run that has written nothing yet.
 fn fresh_record(a: &EmbedArgs, cfg: &EmbedConfig, store: &Store) -> Result<PartialRecord> {
     let weights = weights_path(&a.model);
@@ -62,7 +58,7 @@ fn fresh_record(a: &EmbedArgs, cfg: &EmbedConfig, store: &Store) -> Result<Parti
         version: 1,
         config: cfg.clone(),
         model_bytes: bytes.len() as u64,
-        model_hash: format!("{:016x}", fnv1a(&bytes)),
+        model_hash: format!("{:016x}", fnv1a(FNV1A_OFFSET, &bytes)),
         store: root.display().to_string(),
         n: store.len(),
         backbones: store.backbones().iter().map(|b| format!("{}[{}]", b.name, b.dim)).collect(),

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::images::{list_image_folder, ImageSet};
 use super::{FeatureExtractor, RgbImage};
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
+use crate::fsio::{fnv1a, write_atomic, FNV1A_OFFSET};
 use crate::progress::Progress;
 use crate::store::{check_backbone_name, check_destination, StoreWriter};
 
@@ -70,13 +70,8 @@ pub fn extract_partial_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.extract-partial"))
 }
 
-/// FNV-1a, 64 bits: tells a resumed run that the image list changed under it.
-fn fnv1a(h: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
 fn images_hash(images: &ImageSet) -> String {
-    let mut h = 0xcbf29ce484222325u64;
+    let mut h = FNV1A_OFFSET;
     for (i, id) in images.ids.iter().enumerate() {
         h = fnv1a(h, id.as_bytes());
         let label = images.labels.as_ref().map_or(-1, |l| l[i]);
@@ -261,7 +256,7 @@ fn resumable_record(path: &Path, fresh: &PartialRecord) -> Result<PartialRecord>
 /// Hashes a backbone file for [`ExtractOptions::fingerprints`]: its size and FNV-1a, streamed.
 pub fn file_fingerprint(path: &Path) -> Result<String> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let (mut h, mut len, mut buf) = (0xcbf29ce484222325u64, 0u64, vec![0u8; 1 << 20]);
+    let (mut h, mut len, mut buf) = (FNV1A_OFFSET, 0u64, vec![0u8; 1 << 20]);
     loop {
         let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
         if k == 0 {
