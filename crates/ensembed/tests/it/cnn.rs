@@ -214,6 +214,12 @@ fn depthwise_matches_naive_reference_and_known_answer() {
         (9, 11, 7, 5, 1, Padding::Same),
         (10, 10, 16, 3, 1, Padding::Symmetric(1)),
         (10, 9, 8, 3, 2, Padding::Explicit { before: 0, after: 1 }),
+        // Whole blocks of 16 channels (the blocked kernel), alone and with a tail of 8.
+        (12, 13, 48, 3, 2, Padding::Same),
+        (11, 10, 32, 5, 1, Padding::Same),
+        (9, 9, 40, 5, 2, Padding::Explicit { before: 1, after: 2 }),
+        (7, 8, 16, 3, 1, Padding::Symmetric(1)),
+        (3, 2, 32, 5, 1, Padding::Same),
     ] {
         let x = random_fmap(&mut r, h, w, c);
         let wt = random_vec(&mut r, c * k * k, 1.0);

@@ -14,9 +14,9 @@
 //! confidence on every image, so it is the default. The crop follows TensorFlow's evaluation
 //! (centre crop of `size / (size + 32)`): resize the shorter side to `size + 32`, crop `size`.
 
+use super::depthwise::DepthwiseConv2d;
 use super::layers::{
-    fold_batch_norm, global_avg_pool, Act, Conv2d, DepthwiseConv2d, Fmap, Linear, Padding,
-    Workspace,
+    fold_batch_norm, global_avg_pool, Act, Conv2d, Fmap, Linear, Padding, Workspace,
 };
 use super::{Net, Preprocess, Weights};
 use crate::backbone::StateDict;

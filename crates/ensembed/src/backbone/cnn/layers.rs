@@ -467,158 +467,16 @@ multiversion! {
     }
 }
 
-/// A depthwise convolution (`groups == channels`, one filter per channel) with its batch norm
-/// folded in.
-#[derive(Clone, Debug)]
-pub struct DepthwiseConv2d {
+/// A square window over an NHWC map.
+pub(super) struct Window {
+    pub h: usize,
+    pub w: usize,
     pub c: usize,
+    pub ow: usize,
     pub k: usize,
     pub stride: usize,
-    pub padding: Padding,
-    /// `[k, k, c]`
-    weight: Vec<f32>,
-    /// `[c]`
-    bias: Vec<f32>,
-}
-
-impl DepthwiseConv2d {
-    /// From PyTorch's layout.
-    ///
-    /// # Shapes
-    /// `weight`: `[c, 1, k, k]`; `bias`: `[c]`.
-    pub fn from_oihw(
-        weight: &[f32],
-        bias: Vec<f32>,
-        c: usize,
-        k: usize,
-        stride: usize,
-        padding: Padding,
-    ) -> Self {
-        assert_eq!(
-            weight.len(),
-            c * k * k,
-            "depthwise weight is not [c, 1, k, k]"
-        );
-        assert_eq!(bias.len(), c, "depthwise bias is not [c]");
-        let mut w = vec![0.0; weight.len()];
-        for ch in 0..c {
-            for t in 0..k * k {
-                w[t * c + ch] = weight[ch * k * k + t];
-            }
-        }
-        DepthwiseConv2d {
-            c,
-            k,
-            stride,
-            padding,
-            weight: w,
-            bias,
-        }
-    }
-
-    /// Output (height, width) for an input of `h` x `w`.
-    pub fn out_size(&self, h: usize, w: usize) -> Result<(usize, usize)> {
-        match (
-            self.padding.resolve(h, self.k, self.stride),
-            self.padding.resolve(w, self.k, self.stride),
-        ) {
-            (Some((oh, _)), Some((ow, _))) => Ok((oh, ow)),
-            _ => Err(Error::shape(
-                "depthwise convolution input",
-                format!("at least the {0}x{0} kernel", self.k),
-                format!("{h}x{w}"),
-            )),
-        }
-    }
-
-    /// Multiply-adds for an `h` x `w` input.
-    pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
-        let (oh, ow) = self.out_size(h, w).ok()?;
-        Some((oh * ow * self.c * self.k * self.k) as u64)
-    }
-
-    /// `act(depthwise(x) + bias)`.
-    ///
-    /// # Shapes
-    /// `x`: `[h, w, c]`; returns `[oh, ow, c]`.
-    pub fn forward(&self, x: &Fmap, act: Act, ws: &mut Workspace) -> Result<Fmap> {
-        if x.c != self.c {
-            return Err(Error::shape("depthwise input channels", self.c, x.c));
-        }
-        let (oh, ow) = self.out_size(x.h, x.w)?;
-        let (_, pt) = self.padding.resolve(x.h, self.k, self.stride).unwrap();
-        let (_, pl) = self.padding.resolve(x.w, self.k, self.stride).unwrap();
-        let mut out = ws.fmap(oh, ow, self.c);
-        let g = Window {
-            h: x.h,
-            w: x.w,
-            c: x.c,
-            ow,
-            k: self.k,
-            stride: self.stride,
-            pt,
-            pl,
-        };
-        for (oy, row) in out.data.chunks_exact_mut(ow * self.c).enumerate() {
-            depthwise_row(&g, &x.data, &self.weight, &self.bias, oy, row, act);
-        }
-        Ok(out)
-    }
-}
-
-/// A square window over an NHWC map.
-struct Window {
-    h: usize,
-    w: usize,
-    c: usize,
-    ow: usize,
-    k: usize,
-    stride: usize,
-    pt: usize,
-    pl: usize,
-}
-
-multiversion! {
-    /// One output row of a depthwise convolution: bias, then each tap's channel vector
-    /// multiply-added (the loop over channels vectorises), then the activation.
-    ///
-    /// # Shapes
-    /// `x`: `[h, w, c]`; `weight`: `[k, k, c]`; `bias`: `[c]`; `row`: `[ow, c]`.
-    fn depthwise_row(g: &Window, x: &[f32], weight: &[f32], bias: &[f32], oy: usize, row: &mut [f32], act: Act) {
-        let c = g.c;
-        for o in row.chunks_exact_mut(c) {
-            o.copy_from_slice(bias);
-        }
-        for ky in 0..g.k {
-            let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
-            if iy >= g.h {
-                continue;
-            }
-            let xrow = &x[iy * g.w * c..(iy + 1) * g.w * c];
-            for kx in 0..g.k {
-                let wv = &weight[(ky * g.k + kx) * c..(ky * g.k + kx + 1) * c];
-                for ox in 0..g.ow {
-                    let ix = (ox * g.stride + kx).wrapping_sub(g.pl);
-                    if ix >= g.w {
-                        continue;
-                    }
-                    let xs = &xrow[ix * c..(ix + 1) * c];
-                    let o = &mut row[ox * c..(ox + 1) * c];
-                    for ((ov, &xv), &w) in o.iter_mut().zip(xs).zip(wv) {
-                        *ov += xv * w;
-                    }
-                }
-            }
-        }
-        let (lo, hi) = match act {
-            Act::None => return,
-            Act::Relu => (0.0, f32::INFINITY),
-            Act::Relu6 => (0.0, 6.0),
-        };
-        for v in row.iter_mut() {
-            *v = v.max(lo).min(hi);
-        }
-    }
+    pub pt: usize,
+    pub pl: usize,
 }
 
 /// Max pooling over a square window (padding never wins: it counts as minus infinity, as in

@@ -7,13 +7,14 @@
 //! Supported: the CIFAR ResNets of akamaster/pytorch_resnet_cifar10 (option-A shortcuts),
 //! torchvision ResNets (basic or bottleneck blocks, v1.5 strides) and VISSL trunks of them, and
 //! EfficientNet-Lite0..4 as ported by `efficientnet_lite_pytorch` (see each module). `layers.rs`
-//! holds the arithmetic: NHWC maps, 1x1 convolutions as one GEMM, im2col for the rest, a
-//! vectorised depthwise kernel.
+//! holds the arithmetic: NHWC maps, 1x1 convolutions as one GEMM, im2col for the rest;
+//! `depthwise.rs` the depthwise convolution.
 //!
 //! Images run in parallel, one per rayon thread with single-threaded GEMMs, which beats
 //! splitting each GEMM over the threads once there are at least as many images as threads
 //! (`benches/cnn.rs` measures both); a single image splits its GEMMs instead.
 
+mod depthwise;
 mod efficientnet;
 mod layers;
 mod resnet;
@@ -28,9 +29,10 @@ use super::onnx::OnnxWriter;
 use super::{RgbImage, StateDict, Tensor};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
+pub use depthwise::DepthwiseConv2d;
 pub use layers::{
-    fold_batch_norm, global_avg_pool, max_pool, softmax, Act, BatchNorm, Conv2d, DepthwiseConv2d,
-    Fmap, Linear, Padding, Workspace,
+    fold_batch_norm, global_avg_pool, max_pool, softmax, Act, BatchNorm, Conv2d, Fmap, Linear,
+    Padding, Workspace,
 };
 
 /// ImageNet's per-channel mean of [0, 1] pixels (torchvision's `Normalize`).
