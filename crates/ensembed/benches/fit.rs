@@ -4,7 +4,9 @@
 //! `cargo bench -p ensembed --bench fit` — shape via ENSEMBED_BENCH_{N,D,M,B} (default: the
 //! paper's d = 2048, m = 4, batch 256, with n = 2048 rows). When python3 with numpy is on the
 //! PATH, the same training step written in numpy (`bench/reference_fit.py`) runs in the same
-//! process tree and the ratio is printed; ENSEMBED_BENCH_REFERENCE=0 skips it. Every fit also
+//! process tree and the ratio is printed, and likewise the step written in PyTorch
+//! (`bench/reference_fit_torch.py`) when `import torch` works; ENSEMBED_BENCH_REFERENCE=0 skips
+//! both. Every fit also
 //! prints its peak RSS against the memory bound of `ensembed::memory`.
 //!
 //! Scale mode: ENSEMBED_BENCH_STORE=f16 (or f32) writes a store of synthetic features of that
@@ -51,9 +53,9 @@ fn gemm_gflops(m: usize, n: usize, k: usize, threads: usize, reps: usize) -> f64
     2.0 * (m * n * k) as f64 / best / 1e9
 }
 
-/// Seconds per training step of ensembed (lazy bank, bank learning) on the given shape.
-fn ensembed_step_seconds(feats: &InMemory, b: usize) -> f64 {
-    let cfg = FitConfig { epochs: 1, batch: b, warmup: Some(0), bank: BankMode::Lazy, ..Default::default() };
+/// Seconds per training step of ensembed (bank learning from the first step) on the given shape.
+fn ensembed_step_seconds(feats: &InMemory, b: usize, bank: BankMode) -> f64 {
+    let cfg = FitConfig { epochs: 1, batch: b, warmup: Some(0), bank, ..Default::default() };
     let t = Instant::now();
     fit(feats, &cfg, &NoProgress).unwrap();
     t.elapsed().as_secs_f64() / feats_len(feats).div_ceil(b) as f64
@@ -63,28 +65,49 @@ fn feats_len(f: &InMemory) -> usize {
     ensembed::FeatureSet::len(f)
 }
 
-/// Runs the numpy reference and prints its step time against ensembed's, measured back to back.
-fn reference(n: usize, d: usize, m: usize, b: usize, threads: usize) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/reference_fit.py");
+/// Runs one reference script (`bench/NAME`) and returns its seconds per step, or says why not.
+fn reference_step(name: &str, what: &str, args: &[String], threads: usize) -> Option<f64> {
+    let script = format!("{}/../../bench/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
-        .args([script, "--d", &d.to_string(), "--m", &m.to_string(), "--batch", &b.to_string(), "--n", &n.to_string()])
+        .arg(&script)
+        .args(args)
         .env_remove("OPENBLAS_CORETYPE")
         .env_remove("OPENBLAS_L2_SIZE")
         .env("OPENBLAS_NUM_THREADS", threads.to_string())
+        .env("OMP_NUM_THREADS", threads.to_string())
         .output();
     let Some(out) = out.ok().filter(|o| o.status.success()) else {
-        println!("reference: python3 with numpy not available, skipped");
-        return;
+        println!("reference: python3 with {what} not available, skipped");
+        return None;
     };
     let line = String::from_utf8_lossy(&out.stdout);
-    let Some(secs) = line.split("\"step_seconds\": ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.trim().parse::<f64>().ok()) else {
-        println!("reference: unreadable output {line}");
-        return;
-    };
+    let secs = line.split("\"step_seconds\": ").nth(1).and_then(|s| s.split(',').next()).and_then(|s| s.trim().parse::<f64>().ok());
+    if secs.is_none() {
+        println!("reference: unreadable output of {name}: {line}");
+    }
+    secs
+}
+
+/// Runs the numpy and PyTorch references and prints their step times against ensembed's,
+/// measured back to back: numpy (moves the batch's rows of the bank) against the `lazy` bank,
+/// PyTorch (`Adam` over the whole bank, as the paper) against the `dense` bank.
+fn reference(n: usize, d: usize, m: usize, b: usize, threads: usize) {
+    let args: Vec<String> = ["--d", &d.to_string(), "--m", &m.to_string(), "--batch", &b.to_string(), "--n", &n.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let feats = InMemory::unnamed((0..m).map(|_| features(&mut rng, n, d)).collect()).unwrap();
-    let ours = ensembed_step_seconds(&feats, b);
-    println!("numpy reference step {:.3} s, ensembed step {:.3} s: ensembed is {:.2}x faster", secs, ours, secs / ours);
+    if let Some(secs) = reference_step("reference_fit.py", "numpy", &args, threads) {
+        let ours = ensembed_step_seconds(&feats, b, BankMode::Lazy);
+        println!("numpy reference step   {secs:.3} s, ensembed (lazy) step  {ours:.3} s: ensembed is {:.2}x faster", secs / ours);
+    }
+    let mut targs = args.clone();
+    targs.extend(["--threads".to_string(), threads.to_string()]);
+    if let Some(secs) = reference_step("reference_fit_torch.py", "torch", &targs, threads) {
+        let ours = ensembed_step_seconds(&feats, b, BankMode::Dense);
+        println!("PyTorch reference step {secs:.3} s, ensembed (dense) step {ours:.3} s: ensembed is {:.2}x faster", secs / ours);
+    }
 }
 
 /// Writes a store of `m` backbones of `[n, d]` synthetic post-ReLU-like features (`u^3`, u
