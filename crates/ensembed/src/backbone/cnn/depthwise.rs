@@ -93,16 +93,7 @@ impl DepthwiseConv2d {
         let (_, pt) = self.padding.resolve(x.h, self.k, self.stride).unwrap();
         let (_, pl) = self.padding.resolve(x.w, self.k, self.stride).unwrap();
         let mut out = ws.fmap(oh, ow, self.c);
-        let g = Window {
-            h: x.h,
-            w: x.w,
-            c: x.c,
-            ow,
-            k: self.k,
-            stride: self.stride,
-            pt,
-            pl,
-        };
+        let g = Window::over(x, ow, self.k, self.stride, pt, pl);
         for (oy, row) in out.data.chunks_exact_mut(ow * self.c).enumerate() {
             depthwise_row(&g, &x.data, &self.weight, &self.bias, oy, row, act);
         }

@@ -479,6 +479,14 @@ pub(super) struct Window {
     pub pl: usize,
 }
 
+impl Window {
+    /// A `k` x `k` window with stride `stride` over `x`, making rows of `ow` outputs, with
+    /// `pt` rows and `pl` columns of padding before the map.
+    pub fn over(x: &Fmap, ow: usize, k: usize, stride: usize, pt: usize, pl: usize) -> Window {
+        Window { h: x.h, w: x.w, c: x.c, ow, k, stride, pt, pl }
+    }
+}
+
 /// Max pooling over a square window (padding never wins: it counts as minus infinity, as in
 /// PyTorch).
 ///
@@ -495,16 +503,7 @@ pub fn max_pool(x: &Fmap, k: usize, stride: usize, pad: usize, ws: &mut Workspac
         ));
     };
     let mut out = ws.fmap(oh, ow, x.c);
-    let g = Window {
-        h: x.h,
-        w: x.w,
-        c: x.c,
-        ow,
-        k,
-        stride,
-        pt: pad,
-        pl: pad,
-    };
+    let g = Window::over(x, ow, k, stride, pad, pad);
     for (oy, row) in out.data.chunks_exact_mut(ow * x.c).enumerate() {
         max_pool_row(&g, &x.data, oy, row);
     }
