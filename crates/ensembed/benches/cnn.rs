@@ -8,8 +8,10 @@
 //!
 //! Then onnxruntime on the same architectures, same threads, through `scripts/cnn_onnx_bench.py`
 //! (ENSEMBED_BENCH_PYTHON names a Python with onnxruntime and onnx; default python3), and the
-//! ratio. Every figure is the best of ENSEMBED_BENCH_ROUNDS rounds (default 3): on a shared
-//! machine the best round is the one least disturbed by other processes. Images per
+//! ratio. Every figure is the best of ENSEMBED_BENCH_ROUNDS rounds (default 3), and the rounds
+//! alternate between the two sides (one onnxruntime round, `--rounds 1`, after each of ours):
+//! on a shared machine the best round is the one least disturbed by other processes, and a
+//! drift of the machine's speed over minutes reaches both sides alike. Images per
 //! CPU-second (process CPU time, all threads) are printed beside images per second: when other
 //! processes share the cores, they compare the work each implementation does, which wall time
 //! cannot; with ENSEMBED_BENCH_THREADS=1 neither side has idle threads spinning.
@@ -347,28 +349,46 @@ fn main() {
     );
     let only = std::env::var("ENSEMBED_BENCH_ONLY").unwrap_or_default();
     models.retain(|(name, _, _)| name.contains(&only));
-    let mut ours = Vec::new();
-    for (name, m, imgs) in &models {
-        let macs = m.macs() as f64;
-        let c = m.preprocess().crop;
+    for (_, m, imgs) in &models {
         // Warm-up: fills each thread's workspace.
-        pool.install(|| {
-            m.features_with(&imgs[..threads], Parallelism::Images)
-                .unwrap()
-        });
-        let k = imgs.len().min(8);
-        let (mut ips, mut ips_gemm, mut per_cpu) = (0f64, 0f64, 0f64);
-        for _ in 0..rounds {
+        pool.install(|| m.features_with(&imgs[..threads], Parallelism::Images).unwrap());
+    }
+    // Rounds alternate between ensembed and onnxruntime, so that a drift of the machine's
+    // speed (seen here at 10-20% over minutes) reaches both sides alike; each side keeps its
+    // best round.
+    let python = std::env::var("ENSEMBED_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut best = vec![(0f64, 0f64, 0f64); models.len()]; // (img/s, img/s gemm, img/CPU-s)
+    let mut ort: BTreeMap<(String, u64), (f64, f64)> = BTreeMap::new();
+    let mut ort_error = None;
+    for _ in 0..rounds {
+        for ((_, m, imgs), best) in models.iter().zip(best.iter_mut()) {
+            let k = imgs.len().min(8);
             let (t, cpu) = (Instant::now(), cpu_seconds());
             pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap());
-            ips = ips.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
+            best.0 = best.0.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
             if let (Some(a), Some(b)) = (cpu, cpu_seconds()) {
-                per_cpu = per_cpu.max(imgs.len() as f64 / (b - a).max(0.01));
+                best.2 = best.2.max(imgs.len() as f64 / (b - a).max(0.01));
             }
             let t = Instant::now();
             pool.install(|| m.features_with(&imgs[..k], Parallelism::Gemm).unwrap());
-            ips_gemm = ips_gemm.max(k as f64 / t.elapsed().as_secs_f64());
+            best.1 = best.1.max(k as f64 / t.elapsed().as_secs_f64());
         }
+        if ort_error.is_none() {
+            match onnxruntime_round(&python, &root, threads, n.min(8)) {
+                Ok(rows) => {
+                    for (key, (ips, cpu)) in rows {
+                        let e = ort.entry(key).or_insert((0.0, 0.0));
+                        *e = (e.0.max(ips), e.1.max(cpu));
+                    }
+                }
+                Err(e) => ort_error = Some(e),
+            }
+        }
+    }
+    let mut ours = Vec::new();
+    for ((name, m, _), (ips, ips_gemm, per_cpu)) in models.iter().zip(best) {
+        let macs = m.macs() as f64;
+        let c = m.preprocess().crop;
         let gflops = 2.0 * macs * ips / 1e9;
         println!(
             "{name:<28} {:>7.3} {:>8} {ips:>8.1} {gflops:>9.1} {:>8.0}% {ips_gemm:>10.1} {per_cpu:>10.1}",
@@ -378,17 +398,37 @@ fn main() {
         );
         ours.push((name.clone(), ips.max(ips_gemm), per_cpu));
     }
+    if let Some(e) = ort_error {
+        println!("\nonnxruntime not measured ({e})");
+        return;
+    }
+    println!("\nonnxruntime ({python} scripts/cnn_onnx_bench.py, {threads} intra-op threads, best of {rounds} rounds alternating with ensembed's), 224x224 inputs");
+    println!(
+        "{:<28} {:>6} {:>10} {:>10} {:>16} {:>16}",
+        "architecture", "batch", "img/s", "img/CPU-s", "ensembed / ort", "per CPU-second"
+    );
+    for ((model, batch), (ort, ort_cpu)) in &ort {
+        let mine = ours.iter().find(|(n, ..)| n.starts_with(model.as_str()));
+        let (wall, cpu) = mine.map_or((f64::NAN, f64::NAN), |o| (o.1, o.2));
+        println!(
+            "{model:<28} {batch:>6} {ort:>10.1} {ort_cpu:>10.1} {:>16.2} {:>16.2}",
+            wall / ort,
+            cpu / ort_cpu
+        );
+    }
+}
 
-    // onnxruntime on the same machine, same threads (scripts/cnn_onnx_bench.py).
-    let python = std::env::var("ENSEMBED_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut cmd = std::process::Command::new(&python);
+/// One round of onnxruntime on the same architectures, same threads
+/// (`scripts/cnn_onnx_bench.py --rounds 1`): (model, batch) -> (img/s, img/CPU-s), or why not.
+fn onnxruntime_round(python: &str, root: &Path, threads: usize, images: usize) -> Result<BTreeMap<(String, u64), (f64, f64)>, String> {
+    let mut cmd = std::process::Command::new(python);
     cmd.arg(root.join("scripts/cnn_onnx_bench.py")).args([
         "--threads",
         &threads.to_string(),
         "--images",
-        &n.min(8).to_string(),
+        &images.to_string(),
         "--rounds",
-        &rounds.to_string(),
+        "1",
     ]);
     if let Some(p) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR")
         .ok()
@@ -396,37 +436,21 @@ fn main() {
     {
         cmd.arg("--efficientnet-lite0").arg(p);
     }
-    match cmd.output() {
-        Ok(out) if out.status.success() => {
-            println!("\nonnxruntime ({python} scripts/cnn_onnx_bench.py, {threads} intra-op threads, best of {rounds}), 224x224 inputs");
-            println!(
-                "{:<28} {:>6} {:>10} {:>10} {:>16} {:>16}",
-                "architecture", "batch", "img/s", "img/CPU-s", "ensembed / ort", "per CPU-second"
-            );
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
-                    continue;
-                };
-                let model = v["model"].as_str().unwrap_or("");
-                let ort = v["images_per_s"].as_f64().unwrap_or(f64::NAN);
-                let ort_cpu = v["images_per_cpu_s"].as_f64().unwrap_or(f64::NAN);
-                let mine = ours.iter().find(|(n, ..)| n.starts_with(model));
-                let (wall, cpu) = mine.map_or((f64::NAN, f64::NAN), |o| (o.1, o.2));
-                println!(
-                    "{model:<28} {:>6} {ort:>10.1} {ort_cpu:>10.1} {:>16.2} {:>16.2}",
-                    v["batch"],
-                    wall / ort,
-                    cpu / ort_cpu
-                );
-            }
-        }
-        Ok(out) => {
-            let err = String::from_utf8_lossy(&out.stderr);
-            println!(
-                "\nonnxruntime not measured ({})",
-                err.lines().last().unwrap_or("failed")
-            );
-        }
-        Err(e) => println!("\nonnxruntime not measured ({python}: {e})"),
+    let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
     }
+    let mut rows = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let model = v["model"].as_str().unwrap_or("").to_string();
+        let batch = v["batch"].as_u64().unwrap_or(0);
+        let ips = v["images_per_s"].as_f64().unwrap_or(f64::NAN);
+        let cpu = v["images_per_cpu_s"].as_f64().unwrap_or(f64::NAN);
+        rows.insert((model, batch), (ips, cpu));
+    }
+    Ok(rows)
 }
