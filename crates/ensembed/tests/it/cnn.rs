@@ -18,53 +18,10 @@ use ensembed::backbone::{list_image_folder, Backbone, RgbImage, StateDict, Tenso
 use ensembed::Error;
 use rand::Rng;
 
-use crate::helpers::{rng, shared_dir};
+use crate::helpers::{rng, shared_dir, Chw};
 
 // ---------------------------------------------------------------------------------------------
 // Naive f64 references, NCHW, written without anything from the library.
-
-/// `[c, h, w]` in f64.
-#[derive(Clone, Debug)]
-struct Chw {
-    c: usize,
-    h: usize,
-    w: usize,
-    v: Vec<f64>,
-}
-
-impl Chw {
-    fn at(&self, c: usize, y: isize, x: isize) -> f64 {
-        if y < 0 || x < 0 || y as usize >= self.h || x as usize >= self.w {
-            0.0
-        } else {
-            self.v[(c * self.h + y as usize) * self.w + x as usize]
-        }
-    }
-
-    fn from_nhwc(f: &Fmap) -> Chw {
-        let mut v = vec![0.0; f.data.len()];
-        for y in 0..f.h {
-            for x in 0..f.w {
-                for c in 0..f.c {
-                    v[(c * f.h + y) * f.w + x] = f.data[(y * f.w + x) * f.c + c] as f64;
-                }
-            }
-        }
-        Chw { c: f.c, h: f.h, w: f.w, v }
-    }
-
-    fn to_nhwc(&self) -> Fmap {
-        let mut data = vec![0.0; self.v.len()];
-        for c in 0..self.c {
-            for y in 0..self.h {
-                for x in 0..self.w {
-                    data[(y * self.w + x) * self.c + c] = self.v[(c * self.h + y) * self.w + x] as f32;
-                }
-            }
-        }
-        Fmap { h: self.h, w: self.w, c: self.c, data }
-    }
-}
 
 /// The 7-loop convolution with explicit (top, left) padding and output size; `groups` 1 or
 /// `c` (depthwise).
@@ -83,7 +40,7 @@ fn naive_conv(x: &Chw, w: &[f32], oc: usize, k: usize, stride: usize, pad: (usiz
                         for kx in 0..k {
                             let iy = (oy * stride + ky) as isize - pad.0 as isize;
                             let ix = (ox * stride + kx) as isize - pad.1 as isize;
-                            s += x.at(g * icg + ci, iy, ix) * w[((o * icg + ci) * k + ky) * k + kx] as f64;
+                            s += x.at(g * icg + ci, iy, ix).unwrap_or(0.0) * w[((o * icg + ci) * k + ky) * k + kx] as f64;
                         }
                     }
                 }
@@ -389,7 +346,7 @@ fn reference_resnet(sd: &Sd, x: &Chw) -> Vec<f64> {
                         let (iy, ix) = ((y * 2 + ky) as isize - 1, (x * 2 + kx) as isize - 1);
                         if iy >= 0 && ix >= 0 && (iy as usize) < h.h && (ix as usize) < h.w {
                             let v = &mut mp.v[(c * oh + y) * ow + x];
-                            *v = v.max(h.at(c, iy, ix));
+                            *v = v.max(h.at(c, iy, ix).unwrap_or(0.0));
                         }
                     }
                 }

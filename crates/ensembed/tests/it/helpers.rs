@@ -44,6 +44,55 @@ pub fn random_features(rng: &mut ChaCha8Rng, rows: usize, cols: usize) -> ensemb
 }
 
 /// Largest absolute difference between two slices.
+/// A feature map `[c, h, w]` in f64, for the naive NCHW references of the CNN and ONNX tests
+/// (written without anything from the library but `Fmap`'s layout).
+#[derive(Clone, Debug)]
+pub struct Chw {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub v: Vec<f64>,
+}
+
+impl Chw {
+    /// The value at channel `c`, row `y`, column `x`; `None` in the padding outside the map.
+    pub fn at(&self, c: usize, y: isize, x: isize) -> Option<f64> {
+        (y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w)
+            .then(|| self.v[(c * self.h + y as usize) * self.w + x as usize])
+    }
+
+    /// `f` applied to every value.
+    pub fn map(&self, f: impl Fn(f64) -> f64) -> Chw {
+        Chw { v: self.v.iter().map(|&x| f(x)).collect(), ..self.clone() }
+    }
+
+    /// From the library's NHWC map of one image.
+    pub fn from_nhwc(f: &ensembed::backbone::cnn::Fmap) -> Chw {
+        let mut v = vec![0.0; f.data.len()];
+        for y in 0..f.h {
+            for x in 0..f.w {
+                for c in 0..f.c {
+                    v[(c * f.h + y) * f.w + x] = f.data[(y * f.w + x) * f.c + c] as f64;
+                }
+            }
+        }
+        Chw { c: f.c, h: f.h, w: f.w, v }
+    }
+
+    /// Back to NHWC, rounded to f32.
+    pub fn to_nhwc(&self) -> ensembed::backbone::cnn::Fmap {
+        let mut data = vec![0.0; self.v.len()];
+        for c in 0..self.c {
+            for y in 0..self.h {
+                for x in 0..self.w {
+                    data[(y * self.w + x) * self.c + c] = self.v[(c * self.h + y) * self.w + x] as f32;
+                }
+            }
+        }
+        ensembed::backbone::cnn::Fmap { h: self.h, w: self.w, c: self.c, data }
+    }
+}
+
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)

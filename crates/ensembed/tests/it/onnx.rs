@@ -18,28 +18,10 @@ use ensembed::Error;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::helpers::{max_abs_diff, rng, shared_dir};
+use crate::helpers::{max_abs_diff, rng, shared_dir, Chw};
 
 // ---------------------------------------------------------------------------------------------
 // Naive f64 reference, NCHW, batch 1.
-
-#[derive(Clone, Debug)]
-struct Chw {
-    c: usize,
-    h: usize,
-    w: usize,
-    v: Vec<f64>,
-}
-
-impl Chw {
-    fn at(&self, c: usize, y: isize, x: isize) -> Option<f64> {
-        (y >= 0 && x >= 0 && (y as usize) < self.h && (x as usize) < self.w)
-            .then(|| self.v[(c * self.h + y as usize) * self.w + x as usize])
-    }
-    fn map(&self, f: impl Fn(f64) -> f64) -> Chw {
-        Chw { v: self.v.iter().map(|&x| f(x)).collect(), ..self.clone() }
-    }
-}
 
 /// Convolution with `groups` (1 or the channel count), pads `before` (top/left), `after`.
 #[allow(clippy::too_many_arguments)]
