@@ -18,7 +18,9 @@
 //!
 //! `cargo bench -p ensembed --bench cnn`. ENSEMBED_BENCH_THREADS sets rayon's threads (default
 //! 2), ENSEMBED_BENCH_IMAGES the images per architecture (default 16); ENSEMBED_BENCH_LAYERS=1
-//! adds a table of ResNet-50's convolutions one by one; ENSEMBED_BENCH_ONLY=TEXT keeps the
+//! adds a table of ResNet-50's convolutions one by one; ENSEMBED_BENCH_PACKED=0 runs the
+//! convolutions through the gemm crate instead of the packed AVX-512 kernel (the path of CPUs
+//! without AVX-512); ENSEMBED_BENCH_ONLY=TEXT keeps the
 //! architectures whose name contains TEXT (for profiling one). ResNet-50 runs with
 //! random weights (speed does not depend on their values; no real weights are available
 //! offline); the CIFAR ResNets need `../shared`; EfficientNet-Lite needs
@@ -220,6 +222,7 @@ fn resnet50_layers() {
     ];
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(9);
     let mut rows = Vec::new();
+    let mut flush = vec![0f32; 16 << 20];
     for (side, ic, oc, k, s, count) in layers {
         let w: Vec<f32> = (0..oc * ic * k * k)
             .map(|_| r.random_range(-0.1..0.1))
@@ -240,31 +243,106 @@ fn resnet50_layers() {
                 .collect(),
         };
         let macs = conv.macs(side, side).unwrap() as f64;
-        let mut best = f64::MAX;
+        // The same layer through the gemm crate, timed alternately with the packed kernel.
+        let plain = conv.clone().with_packing(false);
+        let (mut best, mut best_plain) = (f64::MAX, f64::MAX);
         Workspace::with(|ws| {
             for _ in 0..5 {
-                let t = Instant::now();
-                let y = conv.forward(&x, None, Act::Relu, ws, 1).unwrap();
-                best = best.min(t.elapsed().as_secs_f64());
-                ws.recycle(y);
+                for (c, b) in [(&conv, &mut best), (&plain, &mut best_plain)] {
+                    // Evict the weights and input from the caches, as the rest of the network does.
+                    flush.iter_mut().for_each(|v| *v += 1.0);
+                    let t = Instant::now();
+                    let y = c.forward(&x, None, Act::Relu, ws, 1).unwrap();
+                    *b = b.min(t.elapsed().as_secs_f64());
+                    ws.recycle(y);
+                }
             }
         });
-        rows.push((side, ic, oc, k, s, count, best, 2.0 * macs / best / 1e9));
+        rows.push((
+            side,
+            ic,
+            oc,
+            k,
+            s,
+            count,
+            best,
+            2.0 * macs / best / 1e9,
+            best_plain,
+        ));
     }
     let total: f64 = rows.iter().map(|r| r.5 as f64 * r.6).sum();
+    let total_plain: f64 = rows.iter().map(|r| r.5 as f64 * r.8).sum();
     println!(
-        "\nResNet-50 convolutions, 1 thread (sum {:.0} ms/image):",
-        1e3 * total
+        "\nResNet-50 convolutions, 1 thread (sum {:.1} ms/image; {:.1} through the gemm crate):",
+        1e3 * total,
+        1e3 * total_plain
     );
     println!(
-        "{:>5} {:>5} {:>5} {:>2} {:>2} {:>3} {:>9} {:>8} {:>6}",
-        "side", "ic", "oc", "k", "s", "x", "ms", "GFLOP/s", "share"
+        "{:>5} {:>5} {:>5} {:>2} {:>2} {:>3} {:>9} {:>8} {:>6} {:>9}",
+        "side", "ic", "oc", "k", "s", "x", "ms", "GFLOP/s", "share", "gemm ms"
     );
-    for (side, ic, oc, k, s, count, t, g) in rows {
+    for (side, ic, oc, k, s, count, t, g, tp) in rows {
         println!(
-            "{side:>5} {ic:>5} {oc:>5} {k:>2} {s:>2} {count:>3} {:>9.2} {g:>8.1} {:>5.1}%",
+            "{side:>5} {ic:>5} {oc:>5} {k:>2} {s:>2} {count:>3} {:>9.2} {g:>8.1} {:>5.1}% {:>9.2}",
             1e3 * t,
-            100.0 * count as f64 * t / total
+            100.0 * count as f64 * t / total,
+            1e3 * tp
+        );
+    }
+}
+
+/// The packed AVX-512 convolutions against the gemm crate in whole networks, one thread, one
+/// image at a time alternating between the two builds of each model (ENSEMBED_BENCH_AB=1): a
+/// drift of the machine's speed then reaches both alike, down to the image.
+fn packed_ab(photos: &[RgbImage]) {
+    let mut nets: Vec<(&str, Option<PathBuf>)> = vec![("ResNet-50", None)];
+    if let Ok(dir) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR") {
+        if let Some(p) = find_file(Path::new(&dir), "efficientnet-lite0-") {
+            nets.push(("EfficientNet-Lite0", Some(p)));
+        }
+    }
+    println!(
+        "\npacked kernel vs gemm crate, whole network, 1 thread, alternating images (ms/image):"
+    );
+    println!(
+        "{:20} {:>12} {:>12} {:>12} {:>12} {:>7}",
+        "network", "packed best", "packed med", "gemm best", "gemm med", "ratio"
+    );
+    for (name, path) in nets {
+        let load = |packed: bool| {
+            ensembed::kernels::set_packing(packed);
+            let m = match &path {
+                None => {
+                    CnnModel::from_state_dict(&synthetic_resnet50(), &PreprocessOverride::default())
+                        .unwrap()
+                }
+                Some(p) => match Backbone::load(p).unwrap() {
+                    Backbone::Cnn(m) => m,
+                    _ => unreachable!(),
+                },
+            };
+            ensembed::kernels::set_packing(true);
+            m
+        };
+        let (packed, plain) = (load(true), load(false));
+        let mut times = [Vec::new(), Vec::new()];
+        for round in 0..env("ENSEMBED_BENCH_AB_IMAGES", 24) {
+            let im = &photos[round % photos.len()..][..1];
+            for (side, m) in [&packed, &plain].into_iter().enumerate() {
+                let t = Instant::now();
+                m.features_with(im, Parallelism::Gemm).unwrap();
+                times[side].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let stats = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[0], v[v.len() / 2])
+        };
+        let (pb, pm) = stats(&mut times[0]);
+        let (gb, gm) = stats(&mut times[1]);
+        println!(
+            "{name:20} {pb:12.2} {pm:12.2} {gb:12.2} {gm:12.2} {:7.3}",
+            gm / pm
         );
     }
 }
@@ -272,6 +350,12 @@ fn resnet50_layers() {
 fn main() {
     if std::env::var("ENSEMBED_BENCH_LAYERS").is_ok_and(|v| v == "1") {
         resnet50_layers();
+    }
+    if std::env::var("ENSEMBED_BENCH_PACKED").is_ok_and(|v| v == "0") {
+        println!(
+            "ENSEMBED_BENCH_PACKED=0: convolutions through the gemm crate, not the packed kernel"
+        );
+        ensembed::kernels::set_packing(false);
     }
     let threads = env("ENSEMBED_BENCH_THREADS", 2);
     let n = env("ENSEMBED_BENCH_IMAGES", 16).max(threads);
@@ -296,6 +380,11 @@ fn main() {
     let tiny: Vec<RgbImage> = (0..n.max(64))
         .map(|_| RgbImage::new(32, 32, (0..32 * 32 * 3).map(|_| r.random()).collect()).unwrap())
         .collect();
+
+    if std::env::var("ENSEMBED_BENCH_AB").is_ok_and(|v| v == "1") {
+        pool.install(|| packed_ab(&photos));
+        return;
+    }
 
     let peak = pool.install(|| sgemm(2048, 2048, 2048, threads));
     let r50_shape = pool.install(|| sgemm(3136, 64, 576, threads));

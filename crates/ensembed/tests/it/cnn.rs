@@ -125,12 +125,22 @@ fn conv_matches_naive_reference() {
         (7, 7, 3, 5, 3, 1, Padding::Explicit { before: 2, after: 0 }),
         (64, 60, 64, 96, 3, 1, Padding::Symmetric(1)),
         (40, 40, 300, 320, 1, 1, Padding::Symmetric(0)),
+        // Rows 4 KiB apart (the packed kernel copies them first), a 40-wide last panel.
+        (5, 9, 1024, 40, 1, 1, Padding::Symmetric(0)),
     ];
-    for (h, w, ic, oc, k, s, pad) in cases {
+    for ((h, w, ic, oc, k, s, pad), pack) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
+    {
         let x = random_fmap(&mut r, h, w, ic);
         let wt = random_vec(&mut r, oc * ic * k * k, 0.5);
         let bias = random_vec(&mut r, oc, 0.5);
-        let conv = Conv2d::from_oihw(&wt, bias.clone(), [oc, ic, k, k], s, pad);
+        // Both GEMM paths: weights packed for the AVX-512 kernel, and the gemm crate's.
+        let conv = Conv2d::from_oihw(&wt, bias.clone(), [oc, ic, k, k], s, pad).with_packing(pack);
+        assert_eq!(conv.packed(), pack && ensembed::kernels::packed_available());
+        assert_eq!(
+            conv.weight_oihw(),
+            wt,
+            "weights back in OIHW, packed {pack}"
+        );
         let (oh, ow) = conv.out_size(h, w).unwrap();
         let res = random_fmap(&mut r, oh, ow, oc);
         for threads in [1, 2] {
@@ -147,7 +157,7 @@ fn conv_matches_naive_reference() {
                 *v = (*v + bias[i / (oh * ow)] as f64 + r).max(0.0);
             }
             let err = max_rel_err(&y.data, &refr.to_nhwc().data.iter().map(|&v| v as f64).collect::<Vec<_>>());
-            assert!(err < 1e-5, "case {h}x{w}x{ic} -> {oc}, k{k} s{s} {pad:?}, {threads} threads: rel err {err}");
+            assert!(err < 1e-5, "case {h}x{w}x{ic} -> {oc}, k{k} s{s} {pad:?}, packed {pack}, {threads} threads: rel err {err}");
         }
     }
 }

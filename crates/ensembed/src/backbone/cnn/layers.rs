@@ -19,7 +19,7 @@ use std::cell::RefCell;
 
 use crate::backbone::ops::multiversion;
 use crate::error::{Error, Result};
-use crate::kernels::{matmul, Layout};
+use crate::kernels::{matmul, matmul_packed, packed_available, Epilogue, Layout, PackedB};
 
 /// Bytes of im2col block plus output aimed at per tile (the L2 of current x86 cores is
 /// 1-2 MiB; half of it leaves room for the packed weights).
@@ -199,9 +199,56 @@ pub struct Conv2d {
     pub stride: usize,
     pub padding: Padding,
     /// `[kh, kw, ic, oc]`: row `(ky * kw + kx) * ic + c` of the GEMM's right operand.
-    weight: Vec<f32>,
+    weight: ConvWeight,
     /// `[oc]`
     bias: Vec<f32>,
+}
+
+/// A convolution's GEMM operand `[kh * kw * ic, oc]`: packed once for the AVX-512 kernel where
+/// the CPU has it, row-major for the `gemm` crate elsewhere.
+#[derive(Clone, Debug)]
+enum ConvWeight {
+    Plain(Vec<f32>),
+    Packed(PackedB),
+}
+
+impl ConvWeight {
+    /// # Shapes
+    /// `w`: `[k, n]` row-major.
+    fn new(w: Vec<f32>, k: usize, n: usize, pack: bool) -> ConvWeight {
+        if pack {
+            ConvWeight::Packed(PackedB::pack(&w, k, n))
+        } else {
+            ConvWeight::Plain(w)
+        }
+    }
+
+    /// Element `(row, o)`.
+    fn at(&self, row: usize, o: usize, n: usize) -> f32 {
+        match self {
+            ConvWeight::Plain(w) => w[row * n + o],
+            ConvWeight::Packed(p) => p.get(row, o),
+        }
+    }
+
+    /// The row-major `[k, n]` matrix.
+    fn plain(&self, k: usize, n: usize) -> Vec<f32> {
+        match self {
+            ConvWeight::Plain(w) => w.clone(),
+            ConvWeight::Packed(p) => (0..k * n).map(|i| p.get(i / n, i % n)).collect(),
+        }
+    }
+}
+
+impl Act {
+    /// The activation as a clamp `[lo, hi]`.
+    fn bounds(self) -> (f32, f32) {
+        match self {
+            Act::None => (f32::NEG_INFINITY, f32::INFINITY),
+            Act::Relu => (0.0, f32::INFINITY),
+            Act::Relu6 => (0.0, 6.0),
+        }
+    }
 }
 
 impl Conv2d {
@@ -241,9 +288,27 @@ impl Conv2d {
             kw,
             stride,
             padding,
-            weight: w,
+            weight: ConvWeight::new(w, kh * kw * ic, oc, packed_available()),
             bias,
         }
+    }
+
+    /// Whether the weights are packed for the AVX-512 kernel (the default where the CPU has
+    /// it) or kept for the `gemm` crate. Both give the same convolution up to f32 rounding;
+    /// the choice exists for tests and benchmarks that compare the two.
+    pub fn packed(&self) -> bool {
+        matches!(self.weight, ConvWeight::Packed(_))
+    }
+
+    /// The same convolution with its weights packed (`true`, where the CPU has AVX-512) or
+    /// row-major for the `gemm` crate (`false`).
+    pub fn with_packing(mut self, pack: bool) -> Conv2d {
+        let (k, n) = (self.kh * self.kw * self.ic, self.oc);
+        let pack = pack && packed_available();
+        if pack != self.packed() {
+            self.weight = ConvWeight::new(self.weight.plain(k, n), k, n, pack);
+        }
+        self
     }
 
     /// Multiply-adds for an `h` x `w` input.
@@ -258,12 +323,12 @@ impl Conv2d {
     /// Returns `[oc, ic, kh, kw]`.
     pub fn weight_oihw(&self) -> Vec<f32> {
         let (oc, ic, kh, kw) = (self.oc, self.ic, self.kh, self.kw);
-        let mut w = vec![0.0; self.weight.len()];
+        let mut w = vec![0.0; oc * ic * kh * kw];
         for o in 0..oc {
             for c in 0..ic {
                 for y in 0..kh {
                     for x in 0..kw {
-                        w[((o * ic + c) * kh + y) * kw + x] = self.weight[((y * kw + x) * ic + c) * oc + o];
+                        w[((o * ic + c) * kh + y) * kw + x] = self.weight.at((y * kw + x) * ic + c, o, oc);
                     }
                 }
             }
@@ -323,7 +388,7 @@ impl Conv2d {
         let n = self.oc;
         // A pointwise stride-1 convolution reads its GEMM operand straight from the input.
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && pt == 0 && pl == 0;
-        let rows = tile_rows(m, k, n);
+        let rows = tile_rows(m, k, n, self.packed());
         let mut cols = if direct {
             Vec::new()
         } else {
@@ -351,20 +416,23 @@ impl Conv2d {
                 im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
                 &cols[..t * k]
             };
-            matmul(
-                c_tile,
-                a,
-                Layout::N,
-                &self.weight,
-                Layout::N,
-                t,
-                n,
-                k,
-                false,
-                threads,
-            );
             let res = residual.map(|r| &r.data[p0 * n..p1 * n]);
-            epilogue(c_tile, &self.bias, res, act);
+            match &self.weight {
+                ConvWeight::Packed(w) => {
+                    let (lo, hi) = act.bounds();
+                    let epi = Epilogue {
+                        bias: &self.bias,
+                        residual: res,
+                        lo,
+                        hi,
+                    };
+                    matmul_packed(c_tile, a, w, t, &epi, threads);
+                }
+                ConvWeight::Plain(w) => {
+                    matmul(c_tile, a, Layout::N, w, Layout::N, t, n, k, false, threads);
+                    epilogue(c_tile, &self.bias, res, act);
+                }
+            }
             p0 = p1;
         }
         ws.give(cols);
@@ -372,12 +440,13 @@ impl Conv2d {
     }
 }
 
-/// Output rows per GEMM tile. Each tile re-packs the weights, so a layer whose weights are
-/// large next to its activations (the deep, small-map layers) runs as one GEMM; the others run in
-/// tiles whose im2col block and output fit in L2.
-fn tile_rows(m: usize, k: usize, n: usize) -> usize {
+/// Output rows per GEMM tile. Through the gemm crate each tile re-packs the weights, so a layer
+/// whose weights are large next to its activations (the deep, small-map layers) runs as one GEMM;
+/// the others, and every layer with packed weights (which only re-reads them), run in tiles whose
+/// im2col block and output fit in L2.
+fn tile_rows(m: usize, k: usize, n: usize, packed: bool) -> usize {
     let weights = k * n * 4;
-    if weights >= TILE_BYTES / 2 && m * k * 4 <= MAX_UNTILED_BYTES {
+    if !packed && weights >= TILE_BYTES / 2 && m * k * 4 <= MAX_UNTILED_BYTES {
         return m;
     }
     (TILE_BYTES / 4 / (k + n)).clamp(16, m.max(16)).min(m)
@@ -443,11 +512,7 @@ multiversion! {
     /// `c`: `[rows, n]`; `bias`: `[n]`; `residual`: like `c`.
     fn epilogue(c: &mut [f32], bias: &[f32], residual: Option<&[f32]>, act: Act) {
         let n = bias.len();
-        let (lo, hi) = match act {
-            Act::None => (f32::NEG_INFINITY, f32::INFINITY),
-            Act::Relu => (0.0, f32::INFINITY),
-            Act::Relu6 => (0.0, 6.0),
-        };
+        let (lo, hi) = act.bounds();
         match residual {
             Some(r) => {
                 for (row, rrow) in c.chunks_exact_mut(n).zip(r.chunks_exact(n)) {
