@@ -353,8 +353,8 @@ mod avx512 {
     unsafe fn prefetch(t: &Tile, pf_b: bool, rows: usize, a: *const f32, p: usize) {
         if pf_b {
             let nb = t.next_b.wrapping_add(p * NR);
-            _mm_prefetch::<_MM_HINT_T0>(nb as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(nb.wrapping_add(16) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(nb as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(nb.wrapping_add(16) as *const i8);
         }
         if t.pf_a {
             let seg = 16 * (p / rows);
