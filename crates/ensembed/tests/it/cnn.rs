@@ -127,6 +127,10 @@ fn conv_matches_naive_reference() {
         (40, 40, 300, 320, 1, 1, Padding::Symmetric(0)),
         // Rows 4 KiB apart (the packed kernel copies them first), a 40-wide last panel.
         (5, 9, 1024, 40, 1, 1, Padding::Symmetric(0)),
+        // 16+ channels through im2col with SAME, explicit and wide symmetric padding.
+        (15, 16, 20, 24, 3, 2, Padding::Same),
+        (9, 10, 16, 8, 3, 2, Padding::Explicit { before: 0, after: 1 }),
+        (11, 9, 24, 70, 5, 1, Padding::Symmetric(2)),
     ];
     for ((h, w, ic, oc, k, s, pad), pack) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
     {
