@@ -381,7 +381,8 @@ fn main() {
     };
     let photos = random_photos(256);
     let photos_lite = [random_photos(272), random_photos(292)];
-    let tiny: Vec<RgbImage> = (0..n.max(64))
+    // Enough tiny images that a round lasts a few tenths of a second.
+    let tiny: Vec<RgbImage> = (0..n.max(256))
         .map(|_| RgbImage::new(32, 32, (0..32 * 32 * 3).map(|_| r.random()).collect()).unwrap())
         .collect();
 

@@ -473,40 +473,63 @@ struct Im2col {
     pl: usize,
 }
 
-/// Fills `cols` with the receptive fields of output pixels `p0..p1` (zeros in the padding).
-///
-/// # Shapes
-/// `x`: `[h, w, c]`; `cols`: `[p1 - p0, kh * kw * c]`.
-fn im2col(g: &Im2col, x: &[f32], p0: usize, p1: usize, cols: &mut [f32]) {
-    let c = g.c;
-    let k = g.kh * g.kw * c;
-    for (p, row) in (p0..p1).zip(cols.chunks_exact_mut(k)) {
-        let (oy, ox) = (p / g.ow, p % g.ow);
-        for ky in 0..g.kh {
-            let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
-            let dst = &mut row[ky * g.kw * c..(ky + 1) * g.kw * c];
-            if iy >= g.h {
-                dst.fill(0.0);
-                continue;
-            }
-            let x0 = (ox * g.stride) as isize - g.pl as isize;
-            if x0 >= 0 && x0 as usize + g.kw <= g.w {
-                // The whole kernel row is inside: one contiguous run of kw * c floats.
-                let s = (iy * g.w + x0 as usize) * c;
-                dst.copy_from_slice(&x[s..s + g.kw * c]);
-                continue;
-            }
-            for kx in 0..g.kw {
-                let ix = (x0 + kx as isize) as usize;
-                let d = &mut dst[kx * c..(kx + 1) * c];
-                if ix >= g.w {
-                    d.fill(0.0);
-                } else {
-                    let s = (iy * g.w + ix) * c;
-                    d.copy_from_slice(&x[s..s + c]);
+multiversion! {
+    /// Fills `cols` with the receptive fields of output pixels `p0..p1` (zeros in the padding).
+    /// (AVX-512 copies measured no faster than AVX2's here: the copy is bound by its stores.)
+    ///
+    /// # Shapes
+    /// `x`: `[h, w, c]`; `cols`: `[p1 - p0, kh * kw * c]`.
+    fn im2col(g: &Im2col, x: &[f32], p0: usize, p1: usize, cols: &mut [f32]) {
+        let c = g.c;
+        let k = g.kh * g.kw * c;
+        for (p, row) in (p0..p1).zip(cols.chunks_exact_mut(k)) {
+            let (oy, ox) = (p / g.ow, p % g.ow);
+            for ky in 0..g.kh {
+                let iy = (oy * g.stride + ky).wrapping_sub(g.pt);
+                let dst = &mut row[ky * g.kw * c..(ky + 1) * g.kw * c];
+                if iy >= g.h {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let x0 = (ox * g.stride) as isize - g.pl as isize;
+                if x0 >= 0 && x0 as usize + g.kw <= g.w {
+                    // The whole kernel row is inside: one contiguous run of kw * c floats.
+                    let s = (iy * g.w + x0 as usize) * c;
+                    copy_run(dst, &x[s..s + g.kw * c]);
+                    continue;
+                }
+                for kx in 0..g.kw {
+                    let ix = (x0 + kx as isize) as usize;
+                    let d = &mut dst[kx * c..(kx + 1) * c];
+                    if ix >= g.w {
+                        d.fill(0.0);
+                    } else {
+                        let s = (iy * g.w + ix) * c;
+                        copy_run(d, &x[s..s + c]);
+                    }
                 }
             }
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, with runs shorter than 64 floats copied inline in 16-float
+/// blocks rather than by a call to `memmove` per run: im2col took 12.5% of a CIFAR ResNet-56's
+/// time with the calls (16-channel maps make runs of 48 floats), 9.6% without.
+#[inline(always)]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    if src.len() >= 64 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    let mut d = dst.chunks_exact_mut(16);
+    let mut s = src.chunks_exact(16);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: &[f32; 16] = s.try_into().unwrap();
+        d.copy_from_slice(s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
     }
 }
 
