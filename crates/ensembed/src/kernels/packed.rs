@@ -112,6 +112,44 @@ pub struct Epilogue<'a> {
     pub hi: f32,
 }
 
+/// Where the rows of the left operand are.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// `[m, k]` row-major.
+    Dense(&'a [f32]),
+    /// A stride-1 convolution's receptive fields, read in place from its padded input.
+    Shifted(ShiftedRows<'a>),
+}
+
+/// The im2col rows of a stride-1 `kh` x `kw` convolution without the im2col copy: output pixel
+/// `p = oy * ow + ox` (from `first`) has, at depth `(ky * kw + kx) * c + ch`, the input value
+/// `x[((oy + ky) * wp + ox + kx) * c + ch]` of the zero-padded input `x` (`wp` pixels wide).
+/// Within one output row, neighbouring pixels' taps are `c` floats apart, so the kernel reads
+/// them with a stride, like the rows of a stored matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct ShiftedRows<'a> {
+    /// `[hp, wp, c]`: the input with the convolution's padding made of zeros.
+    pub x: &'a [f32],
+    pub wp: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    /// Output width (`wp - kw + 1`).
+    pub ow: usize,
+    /// The output pixel of row 0.
+    pub first: usize,
+}
+
+impl<'a> Lhs<'a> {
+    /// Rows `r0..r0 + rows`.
+    fn rows(self, k: usize, r0: usize, rows: usize) -> Lhs<'a> {
+        match self {
+            Lhs::Dense(a) => Lhs::Dense(&a[r0 * k..(r0 + rows) * k]),
+            Lhs::Shifted(s) => Lhs::Shifted(ShiftedRows { first: s.first + r0, ..s }),
+        }
+    }
+}
+
 /// `c = min(max(a · b + bias + residual, lo), hi)`, with `b` packed. `threads` > 1 splits the
 /// rows over rayon's pool; each element is summed in the same order whatever the split.
 ///
@@ -128,8 +166,39 @@ pub fn matmul_packed(
     epi: &Epilogue,
     threads: usize,
 ) {
+    assert_eq!(a.len(), m * b.k, "matmul_packed: a is not [m, k]");
+    drive(c, Lhs::Dense(a), b, m, epi, threads);
+}
+
+/// [`matmul_packed`] for `m` rows of a stride-1 convolution read in place from its padded
+/// input ([`ShiftedRows`]): the GEMM of the convolution without an im2col block.
+///
+/// # Shapes
+/// `a.x`: `[hp, wp, c]`; `b`: `[kh * kw * c, n]` packed; `c`: `[m, n]`.
+///
+/// # Panics
+/// When the CPU lacks AVX-512, `b` is not `kh * kw * c` deep, or a row reads past `a.x`.
+pub fn matmul_packed_shifted(
+    c: &mut [f32],
+    a: &ShiftedRows,
+    b: &PackedB,
+    m: usize,
+    epi: &Epilogue,
+    threads: usize,
+) {
+    assert_eq!(b.k, a.kh * a.kw * a.c, "matmul_packed_shifted: b is not [kh * kw * c, n]");
+    assert!(a.ow > 0 && a.ow + a.kw - 1 == a.wp, "matmul_packed_shifted: ow {} with a {}-wide kernel on a {}-wide input", a.ow, a.kw, a.wp);
+    if m > 0 {
+        // The last row's last tap is the furthest read.
+        let (oy, ox) = ((a.first + m - 1) / a.ow, (a.first + m - 1) % a.ow);
+        let end = ((oy + a.kh - 1) * a.wp + ox + a.kw) * a.c;
+        assert!(end <= a.x.len(), "matmul_packed_shifted: rows up to pixel {} read {end} floats of a {}-float input", a.first + m, a.x.len());
+    }
+    drive(c, Lhs::Shifted(*a), b, m, epi, threads);
+}
+
+fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: usize) {
     let (k, n) = (b.k, b.n);
-    assert_eq!(a.len(), m * k, "matmul_packed: a is not [m, k]");
     assert_eq!(c.len(), m * n, "matmul_packed: c is not [m, n]");
     assert_eq!(epi.bias.len(), n, "matmul_packed: bias is not [n]");
     if let Some(r) = epi.residual {
@@ -150,16 +219,17 @@ pub fn matmul_packed(
                 residual: epi.residual.map(|r| &r[r0 * n..(r0 + rows) * n]),
                 ..*epi
             };
-            run(cc, &a[r0 * k..(r0 + rows) * k], b, rows, &e);
+            run(cc, a.rows(k, r0, rows), b, rows, &e);
         });
     } else {
         run(c, a, b, m, epi);
     }
 }
 
-fn run(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, epi: &Epilogue) {
+fn run(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `matmul_packed` checked the CPU and every extent.
+    // SAFETY: `drive` checked the CPU and every extent (and `matmul_packed_shifted` the
+    // furthest read).
     unsafe {
         avx512::gemm(c, a, b, m, epi)
     }
@@ -174,21 +244,20 @@ fn run(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, epi: &Epilogue) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Epilogue, PackedB, KC, MR, NR, ROWS_OUTER_BYTES};
+    use super::{Epilogue, Lhs, PackedB, KC, MR, NR, ROWS_OUTER_BYTES};
 
-    /// The blocked loop: depth blocks of [`KC`] outside, panels inside them, row blocks of
-    /// [`MR`] innermost, so that one panel's block sits in L1 while the rows stream past.
+    /// The blocked loop: depth blocks of [`KC`] outside, then panels and row blocks of [`MR`]
+    /// in the order that keeps the reused operand in cache.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gemm(c: &mut [f32], a: &[f32], b: &PackedB, m: usize, epi: &Epilogue) {
+    pub(super) unsafe fn gemm(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
         let (k, n) = (b.k, b.n);
         let bp = b.body().as_ptr();
-        let (ap, cp) = (a.as_ptr(), c.as_mut_ptr());
-
+        let cp = c.as_mut_ptr();
         let rp = epi.residual.map(|r| r.as_ptr());
         // Rows a multiple of 4 KiB apart fall in the same L1 set, and 14 of them overflow its 8
         // ways: such blocks are copied to rows of `KC + 16` floats first (a cheap row copy).
-        let alias = k % 1024 == 0 && m > 1;
-        // A per-thread buffer: a fresh one per call would be an mmap and page faults each time.
+        let alias = matches!(a, Lhs::Dense(_)) && k % 1024 == 0 && m > 1;
+        // Per-thread buffers: a fresh one per call would be an mmap and page faults each time.
         thread_local! {
             static COPY: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
         }
@@ -196,19 +265,56 @@ mod avx512 {
         if alias {
             copy.resize(m * (KC + 16), 0.0);
         }
+        // Row blocks (first row, rows) of near-equal height (49 rows run as 13 + 12 + 12 + 12,
+        // not 14 + 14 + 14 + 7: a short block pays for its panel loads with few multiplies);
+        // shifted rows are blocked within each output row, where their stride is uniform.
+        let mut blocks = Vec::with_capacity(m.div_ceil(MR) + 1);
+        let mut split = |from: usize, len: usize| {
+            let nb = len.div_ceil(MR);
+            for b in 0..nb {
+                let (s, e) = (b * len / nb, (b + 1) * len / nb);
+                blocks.push((from + s, e - s));
+            }
+        };
+        match a {
+            Lhs::Dense(_) => split(0, m),
+            Lhs::Shifted(sh) => {
+                let mut i = 0;
+                while i < m {
+                    let len = (sh.ow - (sh.first + i) % sh.ow).min(m - i);
+                    split(i, len);
+                    i += len;
+                }
+            }
+        }
+        // Depth blocks of whole taps where taps are short, so that every row's run of
+        // contiguous floats is as long as it can be.
+        let depth = match a {
+            Lhs::Shifted(sh) if sh.c <= KC => KC / sh.c * sh.c,
+            _ => KC,
+        };
         let mut p0 = 0;
         while p0 < k {
-            let kc = KC.min(k - p0);
+            let kc = depth.min(k - p0);
             let first = p0 == 0;
             let last = p0 + kc == k;
-            let (ab, lda, a_off) = if alias {
-                let ld = KC + 16;
-                for (i, row) in copy.chunks_exact_mut(ld).enumerate() {
-                    row[..kc].copy_from_slice(&a[i * k + p0..i * k + p0 + kc]);
+            let src = match a {
+                Lhs::Dense(a) if alias => {
+                    let ld = KC + 16;
+                    for (i, row) in copy.chunks_exact_mut(ld).enumerate() {
+                        row[..kc].copy_from_slice(&a[i * k + p0..i * k + p0 + kc]);
+                    }
+                    Src::Dense { a: copy.as_ptr(), lda: ld }
                 }
-                (copy.as_ptr(), ld, 0)
-            } else {
-                (ap, k, p0)
+                Lhs::Dense(a) => Src::Dense { a: a.as_ptr().add(p0), lda: k },
+                Lhs::Shifted(sh) => Src::Shifted {
+                    x: sh.x.as_ptr(),
+                    wp: sh.wp,
+                    c: sh.c,
+                    kw: sh.kw,
+                    ow: sh.ow,
+                    first: sh.first,
+                },
             };
             let panels = n.div_ceil(NR);
             let tiles: Vec<Tile> = (0..panels)
@@ -224,9 +330,10 @@ mod avx512 {
                         } else {
                             bp.wrapping_add((p0 + kc) * NR)
                         },
-                        pf_a: j == 0,
+                        pf_a: j == 0 && matches!(src, Src::Dense { .. }),
+                        src,
+                        p0,
                         kc,
-                        lda,
                         ldc: n,
                         m0: mask(cols, 0),
                         m1: mask(cols, 16),
@@ -238,30 +345,24 @@ mod avx512 {
                     }
                 })
                 .collect();
-            // Row blocks of near-equal height (49 rows run as 13 + 12 + 12 + 12, not
-            // 14 + 14 + 14 + 7): a short block pays for its panel loads with few multiplies.
-            let blocks = m.div_ceil(MR);
-            let start = |b: usize| b * m / blocks;
-            let block = |b: usize, j: usize, pf_b: bool| {
-                let (i, rows) = (start(b), start(b + 1) - start(b));
-                let a = ab.add(i * lda + a_off);
+            let block = |(i, rows): (usize, usize), j: usize, pf_b: bool| {
                 let c = cp.add(i * n + j * NR);
                 let r = rp.map(|r| r.add(i * n + j * NR));
-                dispatch(rows, &tiles[j], pf_b, a, c, r);
+                dispatch(rows, &tiles[j], pf_b, i, c, r);
             };
             if kc * n * 4 <= ROWS_OUTER_BYTES {
                 // The depth block of every panel fits in L2: each row block runs across all
                 // panels while its rows of `a` sit in L1, and the output is written row by row.
-                for b in 0..blocks {
+                for (bi, &rb) in blocks.iter().enumerate() {
                     for j in 0..panels {
-                        block(b, j, b == 0);
+                        block(rb, j, bi == 0);
                     }
                 }
             } else {
                 // One panel's depth block at a time sits in L1 while all row blocks pass it.
                 for j in 0..panels {
-                    for b in 0..blocks {
-                        block(b, j, b == 0);
+                    for (bi, &rb) in blocks.iter().enumerate() {
+                        block(rb, j, bi == 0);
                     }
                 }
             }
@@ -270,6 +371,15 @@ mod avx512 {
         if alias {
             COPY.set(copy);
         }
+    }
+
+    /// Where a depth block's rows of the left operand are.
+    #[derive(Clone, Copy)]
+    enum Src {
+        /// Row `i`, depth `p` of the block at `a + i * lda + p`.
+        Dense { a: *const f32, lda: usize },
+        /// Row `i` (output pixel `first + i`), global depth `g` as in [`super::ShiftedRows`].
+        Shifted { x: *const f32, wp: usize, c: usize, kw: usize, ow: usize, first: usize },
     }
 
     /// Lanes `from..from + 16` of a panel that are inside the `cols` real columns.
@@ -286,8 +396,10 @@ mod avx512 {
         /// Whether the rows of `a` are new (the first panel): the next row block's are then
         /// fetched while this one runs.
         pf_a: bool,
+        src: Src,
+        /// The block's first depth.
+        p0: usize,
         kc: usize,
-        lda: usize,
         ldc: usize,
         m0: __mmask16,
         m1: __mmask16,
@@ -303,75 +415,123 @@ mod avx512 {
         rows: usize,
         t: &Tile,
         pf_b: bool,
-        a: *const f32,
+        row0: usize,
         c: *mut f32,
         r: Option<*const f32>,
     ) {
         if t.m1 == 0 {
             // A panel of at most 16 real columns: half the multiplies.
             return match rows {
-                14 => half::<14>(t, pf_b, a, c, r),
-                13 => half::<13>(t, pf_b, a, c, r),
-                12 => half::<12>(t, pf_b, a, c, r),
-                11 => half::<11>(t, pf_b, a, c, r),
-                10 => half::<10>(t, pf_b, a, c, r),
-                9 => half::<9>(t, pf_b, a, c, r),
-                8 => half::<8>(t, pf_b, a, c, r),
-                7 => half::<7>(t, pf_b, a, c, r),
-                6 => half::<6>(t, pf_b, a, c, r),
-                5 => half::<5>(t, pf_b, a, c, r),
-                4 => half::<4>(t, pf_b, a, c, r),
-                3 => half::<3>(t, pf_b, a, c, r),
-                2 => half::<2>(t, pf_b, a, c, r),
-                1 => half::<1>(t, pf_b, a, c, r),
+                14 => half::<14>(t, pf_b, row0, c, r),
+                13 => half::<13>(t, pf_b, row0, c, r),
+                12 => half::<12>(t, pf_b, row0, c, r),
+                11 => half::<11>(t, pf_b, row0, c, r),
+                10 => half::<10>(t, pf_b, row0, c, r),
+                9 => half::<9>(t, pf_b, row0, c, r),
+                8 => half::<8>(t, pf_b, row0, c, r),
+                7 => half::<7>(t, pf_b, row0, c, r),
+                6 => half::<6>(t, pf_b, row0, c, r),
+                5 => half::<5>(t, pf_b, row0, c, r),
+                4 => half::<4>(t, pf_b, row0, c, r),
+                3 => half::<3>(t, pf_b, row0, c, r),
+                2 => half::<2>(t, pf_b, row0, c, r),
+                1 => half::<1>(t, pf_b, row0, c, r),
                 _ => unreachable!("row block of {rows} > MR = {MR}"),
             };
         }
         match rows {
-            14 => micro::<14>(t, pf_b, a, c, r),
-            13 => micro::<13>(t, pf_b, a, c, r),
-            12 => micro::<12>(t, pf_b, a, c, r),
-            11 => micro::<11>(t, pf_b, a, c, r),
-            10 => micro::<10>(t, pf_b, a, c, r),
-            9 => micro::<9>(t, pf_b, a, c, r),
-            8 => micro::<8>(t, pf_b, a, c, r),
-            7 => micro::<7>(t, pf_b, a, c, r),
-            6 => micro::<6>(t, pf_b, a, c, r),
-            5 => micro::<5>(t, pf_b, a, c, r),
-            4 => micro::<4>(t, pf_b, a, c, r),
-            3 => micro::<3>(t, pf_b, a, c, r),
-            2 => micro::<2>(t, pf_b, a, c, r),
-            1 => micro::<1>(t, pf_b, a, c, r),
+            14 => micro::<14>(t, pf_b, row0, c, r),
+            13 => micro::<13>(t, pf_b, row0, c, r),
+            12 => micro::<12>(t, pf_b, row0, c, r),
+            11 => micro::<11>(t, pf_b, row0, c, r),
+            10 => micro::<10>(t, pf_b, row0, c, r),
+            9 => micro::<9>(t, pf_b, row0, c, r),
+            8 => micro::<8>(t, pf_b, row0, c, r),
+            7 => micro::<7>(t, pf_b, row0, c, r),
+            6 => micro::<6>(t, pf_b, row0, c, r),
+            5 => micro::<5>(t, pf_b, row0, c, r),
+            4 => micro::<4>(t, pf_b, row0, c, r),
+            3 => micro::<3>(t, pf_b, row0, c, r),
+            2 => micro::<2>(t, pf_b, row0, c, r),
+            1 => micro::<1>(t, pf_b, row0, c, r),
             _ => unreachable!("row block of {rows} > MR = {MR}"),
         }
     }
 
     /// Step `p`'s share of the software prefetches: the two lines of the next panel block's row
-    /// `p` (when `pf_b`), and one line of the next row block's `a` (when `t.pf_a`), row
-    /// `p % rows`, floats `16 * (p / rows)..` of its depth block.
+    /// `p` (when `pf_b`), and one line of the next row block's `a` (when `t.pf_a`, which only
+    /// dense rows have), row `p % rows`, floats `16 * (p / rows)..` of its depth block.
     #[inline(always)]
-    unsafe fn prefetch(t: &Tile, pf_b: bool, rows: usize, a: *const f32, p: usize) {
+    unsafe fn prefetch(t: &Tile, pf_b: bool, rows: usize, row0: usize, p: usize) {
         if pf_b {
             let nb = t.next_b.wrapping_add(p * NR);
             _mm_prefetch::<_MM_HINT_T1>(nb as *const i8);
             _mm_prefetch::<_MM_HINT_T1>(nb.wrapping_add(16) as *const i8);
         }
-        if t.pf_a {
+        if let (true, Src::Dense { a, lda }) = (t.pf_a, t.src) {
             let seg = 16 * (p / rows);
             if seg < t.kc {
-                let na = a.wrapping_add((rows + p % rows) * t.lda + seg);
+                let na = a.wrapping_add((row0 + rows + p % rows) * lda + seg);
                 _mm_prefetch::<_MM_HINT_T0>(na as *const i8);
             }
         }
     }
 
-    /// One `R` x [`NR`] output tile over one depth block: `R` rows of `a` from `a` (row stride
-    /// `lda`), the panel block from `t.b`, the output at `c` (row stride `ldc`).
+    /// Runs `$step!(p, i => element)` for every depth `p` of the block, the element of row
+    /// `i` at depth `p` read by stride (one base register for all rows), over the whole block
+    /// for dense rows and tap by tap for shifted ones, with the prefetches where the block asks
+    /// for them.
+    macro_rules! depth_loop {
+        ($t:expr, $pf_b:expr, $row0:expr, $R:expr, $step:ident) => {{
+            match $t.src {
+                Src::Dense { a, lda } => {
+                    let a0 = a.add($row0 * lda);
+                    if $pf_b || $t.pf_a {
+                        for p in 0..$t.kc {
+                            prefetch($t, $pf_b, $R, $row0, p);
+                            $step!(p, i => *a0.add(i * lda + p));
+                        }
+                    } else {
+                        for p in 0..$t.kc {
+                            $step!(p, i => *a0.add(i * lda + p));
+                        }
+                    }
+                }
+                Src::Shifted { x, wp, c, kw, ow, first } => {
+                    // One run per tap: the block's rows are neighbours in one output row, so
+                    // tap (ky, kx) of row i is `c` floats after row i - 1's.
+                    let q = first + $row0;
+                    let (oy, ox) = (q / ow, q % ow);
+                    let mut p = 0;
+                    while p < $t.kc {
+                        let g = $t.p0 + p;
+                        let (tap, o) = (g / c, g % c);
+                        let a0 = x.add(((oy + tap / kw) * wp + ox + tap % kw) * c + o);
+                        let len = (c - o).min($t.kc - p);
+                        if $pf_b {
+                            for q in 0..len {
+                                prefetch($t, true, $R, $row0, p + q);
+                                $step!(p + q, i => *a0.add(i * c + q));
+                            }
+                        } else {
+                            for q in 0..len {
+                                $step!(p + q, i => *a0.add(i * c + q));
+                            }
+                        }
+                        p += len;
+                    }
+                }
+            }
+        }};
+    }
+
+    /// One `R` x [`NR`] output tile over one depth block: rows `row0..row0 + R` of the left
+    /// operand (`t.src`), the panel block from `t.b`, the output at `c` (row stride `ldc`).
     #[inline(always)]
     unsafe fn micro<const R: usize>(
         t: &Tile,
         pf_b: bool,
-        a: *const f32,
+        row0: usize,
         c: *mut f32,
         r: Option<*const f32>,
     ) {
@@ -386,34 +546,21 @@ mod avx512 {
         };
         let mut acc0 = [bias0; R];
         let mut acc1 = [bias1; R];
-        let mut ar = [a; R];
-        for (i, p) in ar.iter_mut().enumerate() {
-            *p = a.add(i * t.lda);
-        }
         // A macro, not a closure: closures do not inherit `target_feature`, and the
         // intrinsics would become calls.
         macro_rules! step {
-            ($p:expr) => {{
+            ($p:expr, $i:ident => $x:expr) => {{
                 let b = t.b.add($p * NR);
                 let b0 = _mm512_load_ps(b);
                 let b1 = _mm512_load_ps(b.add(16));
-                for i in 0..R {
-                    let x = _mm512_set1_ps(*ar[i].add($p));
-                    acc0[i] = _mm512_fmadd_ps(x, b0, acc0[i]);
-                    acc1[i] = _mm512_fmadd_ps(x, b1, acc1[i]);
+                for $i in 0..R {
+                    let x = _mm512_set1_ps($x);
+                    acc0[$i] = _mm512_fmadd_ps(x, b0, acc0[$i]);
+                    acc1[$i] = _mm512_fmadd_ps(x, b1, acc1[$i]);
                 }
             }};
         }
-        if pf_b || t.pf_a {
-            for p in 0..t.kc {
-                prefetch(t, pf_b, R, a, p);
-                step!(p);
-            }
-        } else {
-            for p in 0..t.kc {
-                step!(p);
-            }
-        }
+        depth_loop!(t, pf_b, row0, R, step);
         for i in 0..R {
             let ci = c.add(i * t.ldc);
             let (mut v0, mut v1) = (acc0[i], acc1[i]);
@@ -440,7 +587,7 @@ mod avx512 {
     unsafe fn half<const R: usize>(
         t: &Tile,
         pf_b: bool,
-        a: *const f32,
+        row0: usize,
         c: *mut f32,
         r: Option<*const f32>,
     ) {
@@ -450,28 +597,15 @@ mod avx512 {
             _mm512_setzero_ps()
         };
         let mut acc = [bias; R];
-        let mut ar = [a; R];
-        for (i, p) in ar.iter_mut().enumerate() {
-            *p = a.add(i * t.lda);
-        }
         macro_rules! step {
-            ($p:expr) => {{
+            ($p:expr, $i:ident => $x:expr) => {{
                 let b0 = _mm512_load_ps(t.b.add($p * NR));
-                for i in 0..R {
-                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*ar[i].add($p)), b0, acc[i]);
+                for $i in 0..R {
+                    acc[$i] = _mm512_fmadd_ps(_mm512_set1_ps($x), b0, acc[$i]);
                 }
             }};
         }
-        if pf_b || t.pf_a {
-            for p in 0..t.kc {
-                prefetch(t, pf_b, R, a, p);
-                step!(p);
-            }
-        } else {
-            for p in 0..t.kc {
-                step!(p);
-            }
-        }
+        depth_loop!(t, pf_b, row0, R, step);
         for (i, &v) in acc.iter().enumerate() {
             let ci = c.add(i * t.ldc);
             let mut v = v;
@@ -492,6 +626,64 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Shifted rows against an f64 loop over the same padded input: taps shorter than a depth
+    /// block (whole taps per block) and longer (a tap split between blocks), row ranges that
+    /// start and end inside output rows, a column tail, two threads.
+    #[test]
+    fn shifted_matches_f64_reference() {
+        if !available() {
+            eprintln!("SKIP shifted_matches_f64_reference: this CPU has no AVX-512");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        // (output h, w, channels, kernel, n, first pixel, rows, threads)
+        for &(oh, ow, ch, kk, n, first, m, threads) in
+            &[(5, 7, 5, 3, 40, 0, 35, 1), (6, 17, 16, 3, 16, 3, 80, 2), (3, 4, 300, 3, 33, 5, 6, 1), (4, 9, 8, 5, 70, 9, 20, 1)]
+        {
+            let (hp, wp) = (oh + kk - 1, ow + kk - 1);
+            let x: Vec<f32> = (0..hp * wp * ch).map(|_| next()).collect();
+            let k = kk * kk * ch;
+            let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+            let bias: Vec<f32> = (0..n).map(|_| next()).collect();
+            let packed = PackedB::pack(&b, k, n);
+            let rows = ShiftedRows { x: &x, wp, c: ch, kh: kk, kw: kk, ow, first };
+            let mut c = vec![f32::NAN; m * n];
+            let epi = Epilogue { bias: &bias, residual: None, lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+            matmul_packed_shifted(&mut c, &rows, &packed, m, &epi, threads);
+            for r in 0..m {
+                let (oy, ox) = ((first + r) / ow, (first + r) % ow);
+                for j in 0..n {
+                    let mut want = bias[j] as f64;
+                    for ky in 0..kk {
+                        for kx in 0..kk {
+                            for q in 0..ch {
+                                let a = x[((oy + ky) * wp + ox + kx) * ch + q] as f64;
+                                want += a * b[((ky * kk + kx) * ch + q) * n + j] as f64;
+                            }
+                        }
+                    }
+                    let got = c[r * n + j] as f64;
+                    assert!((got - want).abs() < 1e-4, "{oh}x{ow}x{ch} k{kk} n={n} row {r}, col {j}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "read")]
+    fn shifted_refuses_rows_past_the_input() {
+        // Checked before anything runs, on any CPU: 3 output rows of 2 need a 4x4 input.
+        let packed = PackedB::pack(&[1.0; 9], 9, 1);
+        let x = [0.0; 12];
+        let rows = ShiftedRows { x: &x, wp: 4, c: 1, kh: 3, kw: 3, ow: 2, first: 0 };
+        let epi = Epilogue { bias: &[0.0], residual: None, lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+        matmul_packed_shifted(&mut [0.0; 6], &rows, &packed, 6, &epi, 1);
+    }
 
     /// The packed kernel against an f64 triple loop, over shapes that hit every row-block size,
     /// a column tail in each half of a panel, several depth blocks and a residual.

@@ -19,7 +19,10 @@ use std::cell::RefCell;
 
 use crate::backbone::ops::multiversion;
 use crate::error::{Error, Result};
-use crate::kernels::{matmul, matmul_packed, packed_available, Epilogue, Layout, PackedB};
+use crate::kernels::{
+    matmul, matmul_packed, matmul_packed_shifted, packed_available, Epilogue, Layout, PackedB,
+    ShiftedRows,
+};
 
 /// Bytes of im2col block plus output aimed at per tile (the L2 of current x86 cores is
 /// 1-2 MiB; half of it leaves room for the packed weights).
@@ -392,8 +395,12 @@ impl Conv2d {
         let n = self.oc;
         // A pointwise stride-1 convolution reads its GEMM operand straight from the input.
         let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && pt == 0 && pl == 0;
+        // With packed weights, a stride-1 convolution over enough channels reads its receptive
+        // fields in place from a zero-padded copy of the input (about a ninth of an im2col
+        // block for 3x3); few channels (the RGB stem) would make each tap's run too short.
+        let shifted = self.packed() && self.stride == 1 && !direct && self.ic >= SHIFTED_MIN_CHANNELS;
         let rows = tile_rows(m, k, n, self.packed());
-        let mut cols = if direct {
+        let mut cols = if direct || shifted {
             Vec::new()
         } else {
             ws.take(rows * k)
@@ -409,17 +416,12 @@ impl Conv2d {
             pt,
             pl,
         };
+        let padded = shifted.then(|| pad(&geom, &x.data, oh, ws));
         let mut p0 = 0;
         while p0 < m {
             let p1 = (p0 + rows).min(m);
             let t = p1 - p0;
             let c_tile = &mut out.data[p0 * n..p1 * n];
-            let a: &[f32] = if direct {
-                &x.data[p0 * k..p1 * k]
-            } else {
-                im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
-                &cols[..t * k]
-            };
             let res = residual.map(|r| &r.data[p0 * n..p1 * n]);
             match &self.weight {
                 ConvWeight::Packed(w) => {
@@ -430,14 +432,34 @@ impl Conv2d {
                         lo,
                         hi,
                     };
-                    matmul_packed(c_tile, a, w, t, &epi, threads);
+                    if let Some(xp) = &padded {
+                        let a = ShiftedRows { x: xp, wp: ow + self.kw - 1, c: x.c, kh: self.kh, kw: self.kw, ow, first: p0 };
+                        matmul_packed_shifted(c_tile, &a, w, t, &epi, threads);
+                    } else {
+                        let a: &[f32] = if direct {
+                            &x.data[p0 * k..p1 * k]
+                        } else {
+                            im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
+                            &cols[..t * k]
+                        };
+                        matmul_packed(c_tile, a, w, t, &epi, threads);
+                    }
                 }
                 ConvWeight::Plain(w) => {
+                    let a: &[f32] = if direct {
+                        &x.data[p0 * k..p1 * k]
+                    } else {
+                        im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
+                        &cols[..t * k]
+                    };
                     matmul(c_tile, a, Layout::N, w, Layout::N, t, n, k, false, threads);
                     epilogue(c_tile, &self.bias, res, act);
                 }
             }
             p0 = p1;
+        }
+        if let Some(xp) = padded {
+            ws.give(xp);
         }
         ws.give(cols);
         Ok(out)
@@ -455,6 +477,31 @@ fn tile_rows(m: usize, k: usize, n: usize, packed: bool) -> usize {
     }
     let budget = if packed { PACKED_TILE_BYTES } else { TILE_BYTES };
     (budget / 4 / (k + n)).clamp(16, m.max(16)).min(m)
+}
+
+/// Fewest input channels for which a stride-1 convolution with packed weights reads its
+/// receptive fields in place ([`matmul_packed_shifted`]) rather than through im2col: each tap
+/// is then a run of at least this many floats for the GEMM's inner loop.
+const SHIFTED_MIN_CHANNELS: usize = 16;
+
+/// The input of a stride-1 convolution with its padding as zeros: `[oh + kh - 1, ow + kw - 1,
+/// c]`, input pixel `(y, x)` at `(y + pt, x + pl)`.
+fn pad(g: &Im2col, x: &[f32], oh: usize, ws: &mut Workspace) -> Vec<f32> {
+    let (hp, wp, c) = (oh + g.kh - 1, g.ow + g.kw - 1, g.c);
+    let mut xp = ws.take(hp * wp * c);
+    for (y, row) in xp.chunks_exact_mut(wp * c).enumerate() {
+        let iy = y.wrapping_sub(g.pt);
+        if iy >= g.h {
+            row.fill(0.0);
+            continue;
+        }
+        // Columns past the input (a kernel wider than the padding needs) stay zero too.
+        let cols = g.w.min(wp - g.pl);
+        row[..g.pl * c].fill(0.0);
+        row[g.pl * c..(g.pl + cols) * c].copy_from_slice(&x[iy * g.w * c..(iy * g.w + cols) * c]);
+        row[(g.pl + cols) * c..].fill(0.0);
+    }
+    xp
 }
 
 /// Largest im2col block built in one piece when tiling is skipped.
