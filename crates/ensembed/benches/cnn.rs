@@ -423,7 +423,7 @@ fn main() {
                         unreachable!()
                     };
                     let imgs = if v == 0 { &photos } else { &photos_lite[v - 1] };
-                    assert_eq!(m.preprocess().resize, imgs[0].width() as usize, "Lite{v}'s resize");
+                    assert_eq!(m.preprocess().resize, imgs[0].width(), "Lite{v}'s resize");
                     models.push((format!("EfficientNet-Lite{v}"), m, imgs));
                 }
             }
