@@ -8,16 +8,19 @@
 //! 13% of the network's time; onnxruntime's MLAS packs its weights at load. Here the weights are
 //! packed into panels of [`NR`] columns at load, the left operand (activations or an im2col
 //! block) is read in place, row-major, with one broadcast per element and row, and the
-//! epilogue runs on the accumulators before the single store. Machines without AVX-512 keep the
-//! `gemm` crate ([`available`] says which).
+//! epilogue runs on the accumulators before the single store. A stride-1 convolution needs no
+//! im2col block at all ([`ShiftedRows`]): within one output row its receptive fields are
+//! strided views of the padded input. Machines without AVX-512 keep the `gemm` crate
+//! ([`available`] says which).
 
 /// Columns per packed panel: two 16-float AVX-512 registers.
 pub const NR: usize = 32;
 /// Rows per micro-tile: 14 x 2 accumulators, 2 panel registers and a broadcast fill 31 of the
 /// 32 vector registers.
 const MR: usize = 14;
-/// Depth of one pass over a panel: `KC * NR` floats (16 KiB) stay in L1 while every row block
-/// of the tile streams past them.
+/// Depth of one pass over a panel: `KC * NR` floats (32 KiB, the L1 of current cores) are
+/// reused by every row block of the tile, and each output tile is stored once per `KC` depths
+/// (256 measured 4-7% faster than 128 in a ResNet-50, and level with 512).
 const KC: usize = 256;
 /// Largest depth block of all panels (`KC * n` floats) run row block by row block, from L2.
 const ROWS_OUTER_BYTES: usize = 512 << 10;
@@ -627,6 +630,14 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// Uniform values in [-0.5, 0.5) from a 64-bit LCG (Knuth's MMIX constants).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        }
+    }
+
     /// Shifted rows against an f64 loop over the same padded input: taps shorter than a depth
     /// block (whole taps per block) and longer (a tap split between blocks), row ranges that
     /// start and end inside output rows, a column tail, two threads.
@@ -636,11 +647,7 @@ mod tests {
             eprintln!("SKIP shifted_matches_f64_reference: this CPU has no AVX-512");
             return;
         }
-        let mut seed = 11u64;
-        let mut next = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(11);
         // (output h, w, channels, kernel, n, first pixel, rows, threads)
         for &(oh, ow, ch, kk, n, first, m, threads) in
             &[(5, 7, 5, 3, 40, 0, 35, 1), (6, 17, 16, 3, 16, 3, 80, 2), (3, 4, 300, 3, 33, 5, 6, 1), (4, 9, 8, 5, 70, 9, 20, 1)]
@@ -693,13 +700,7 @@ mod tests {
             eprintln!("SKIP packed_matches_f64_reference: this CPU has no AVX-512");
             return;
         }
-        let mut seed = 7u64;
-        let mut next = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
+        let mut next = uniform(7);
         for &(m, k, n, threads) in &[
             (1, 1, 1, 1),
             (15, 3, 7, 1),
