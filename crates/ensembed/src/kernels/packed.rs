@@ -211,6 +211,16 @@ fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: 
     if m == 0 || n == 0 {
         return;
     }
+    if k == 0 {
+        // An empty product: the kernel's depth loop would never store.
+        for (i, row) in c.chunks_exact_mut(n).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let r = epi.residual.map_or(0.0, |r| r[i * n + j]);
+                *v = (epi.bias[j] + r).max(epi.lo).min(epi.hi);
+            }
+        }
+        return;
+    }
     if threads > 1 && m >= 2 * MR {
         use rayon::prelude::*;
         // Row blocks of whole micro-tiles, one or two per thread.
@@ -702,6 +712,7 @@ mod tests {
         }
         let mut next = uniform(7);
         for &(m, k, n, threads) in &[
+            (3, 0, 5, 1),
             (1, 1, 1, 1),
             (15, 3, 7, 1),
             (30, 20, 8, 1),
