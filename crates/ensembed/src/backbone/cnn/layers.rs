@@ -1,16 +1,20 @@
 //! The float layers of an inference-only CNN: dense convolution (any kernel, stride and
-//! padding; 1x1 stride-1 convolutions straight from the activations, the rest through an
-//! im2col tile), depthwise convolution, max pooling, global average pooling and linear heads,
-//! all on one image at a time in NHWC (`[height, width, channels]`, channels contiguous).
+//! padding; 1x1 stride-1 convolutions straight from the activations, other stride-1 ones over 16
+//! or more channels from a zero-padded copy of the input where the weights are packed, the rest
+//! through an im2col tile), depthwise convolution, max pooling, global average pooling and
+//! linear heads, all on one image at a time in NHWC (`[height, width, channels]`, channels
+//! contiguous).
 //!
 //! Why NHWC: a 1x1 convolution is then exactly one GEMM, `[h*w, ic] · [ic, oc]`, with no copy;
 //! a k x k one is a GEMM over an im2col block whose rows are runs of `ic` contiguous floats
-//! (one `copy_from_slice` per tap); and a depthwise convolution vectorises over the channels.
-//! Batch norm is folded into the preceding convolution when the model is built
+//! (one copy per tap), or, at stride 1, over strided views of the padded input that need no
+//! block at all ([`crate::kernels::ShiftedRows`]); and a depthwise convolution vectorises over
+//! the channels. Batch norm is folded into the preceding convolution when the model is built
 //! ([`fold_batch_norm`]), so every convolution here is `act(conv(x) + bias [+ residual])`, with
-//! bias, residual and activation applied in one pass over each output tile while it is still in
-//! cache. Convolutions run in tiles of output rows small enough that the tile's im2col block and
-//! output stay in L2, which also bounds the scratch memory whatever the image size.
+//! bias, residual and activation applied to each output tile while it is still in registers
+//! (packed weights, AVX-512) or in cache (the `gemm` crate). Convolutions run in tiles of output
+//! rows small enough that the tile's im2col block and output stay in L2, which also bounds the
+//! scratch memory whatever the image size.
 //!
 //! Buffers come from a per-thread [`Workspace`], so that the steady state allocates nothing:
 //! fresh multi-megabyte allocations cost page faults on every layer of every image.
