@@ -56,7 +56,7 @@ fn cpu_has_it() -> bool {
 /// A `[k, n]` right operand in panels of [`NR`] columns, each panel `[k, NR]` row-major and
 /// zero-padded past `n`, starting on a 64-byte boundary so that every panel row is two aligned
 /// loads.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct PackedB {
     k: usize,
     n: usize,
@@ -71,7 +71,7 @@ impl PackedB {
     /// # Shapes
     /// `b`: `[k, n]`.
     pub fn pack(b: &[f32], k: usize, n: usize) -> PackedB {
-        assert_eq!(b.len(), k * n, "PackedB::pack: b is not [k, n]");
+        assert_eq!(Some(b.len()), k.checked_mul(n), "PackedB::pack: b is not [k, n]");
         let panels = n.div_ceil(NR);
         let mut data = vec![0.0f32; panels * k * NR + 16];
         let offset = (64 - (data.as_ptr() as usize) % 64) % 64 / 4;
@@ -101,6 +101,18 @@ impl PackedB {
 
     fn body(&self) -> &[f32] {
         &self.data[self.offset..]
+    }
+}
+
+/// A clone packs its panels again from the 64-byte boundary of its own allocation: the derived
+/// clone would copy `offset` to a buffer at another address, and the aligned loads would fault.
+impl Clone for PackedB {
+    fn clone(&self) -> PackedB {
+        let len = self.n.div_ceil(NR) * self.k * NR;
+        let mut data = vec![0.0f32; len + 16];
+        let offset = (64 - (data.as_ptr() as usize) % 64) % 64 / 4;
+        data[offset..offset + len].copy_from_slice(&self.body()[..len]);
+        PackedB { k: self.k, n: self.n, data, offset }
     }
 }
 
@@ -169,7 +181,7 @@ pub fn matmul_packed(
     epi: &Epilogue,
     threads: usize,
 ) {
-    assert_eq!(a.len(), m * b.k, "matmul_packed: a is not [m, k]");
+    assert_eq!(Some(a.len()), m.checked_mul(b.k), "matmul_packed: a is not [m, k]");
     drive(c, Lhs::Dense(a), b, m, epi, threads);
 }
 
@@ -190,19 +202,34 @@ pub fn matmul_packed_shifted(
     threads: usize,
 ) {
     assert_eq!(b.k, a.kh * a.kw * a.c, "matmul_packed_shifted: b is not [kh * kw * c, n]");
-    assert!(a.ow > 0 && a.ow + a.kw - 1 == a.wp, "matmul_packed_shifted: ow {} with a {}-wide kernel on a {}-wide input", a.ow, a.kw, a.wp);
+    assert!(
+        a.kh > 0 && a.kw > 0 && a.ow > 0 && a.ow.checked_add(a.kw - 1) == Some(a.wp),
+        "matmul_packed_shifted: ow {} with a {}x{} kernel on a {}-wide input",
+        a.ow,
+        a.kh,
+        a.kw,
+        a.wp
+    );
     if m > 0 {
-        // The last row's last tap is the furthest read.
-        let (oy, ox) = ((a.first + m - 1) / a.ow, (a.first + m - 1) % a.ow);
-        let end = ((oy + a.kh - 1) * a.wp + ox + a.kw) * a.c;
-        assert!(end <= a.x.len(), "matmul_packed_shifted: rows up to pixel {} read {end} floats of a {}-float input", a.first + m, a.x.len());
+        // The last row's last tap is the furthest read (checked arithmetic: a wrapped sum
+        // would pass the bound).
+        let end = a.first.checked_add(m - 1).and_then(|last| {
+            let (oy, ox) = (last / a.ow, last % a.ow);
+            oy.checked_add(a.kh - 1)?.checked_mul(a.wp)?.checked_add(ox + a.kw)?.checked_mul(a.c)
+        });
+        assert!(
+            end.is_some_and(|e| e <= a.x.len()),
+            "matmul_packed_shifted: rows {}.. (m = {m}) read past a {}-float input",
+            a.first,
+            a.x.len()
+        );
     }
     drive(c, Lhs::Shifted(*a), b, m, epi, threads);
 }
 
 fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: usize) {
     let (k, n) = (b.k, b.n);
-    assert_eq!(c.len(), m * n, "matmul_packed: c is not [m, n]");
+    assert_eq!(Some(c.len()), m.checked_mul(n), "matmul_packed: c is not [m, n]");
     assert_eq!(epi.bias.len(), n, "matmul_packed: bias is not [n]");
     if let Some(r) = epi.residual {
         assert_eq!(r.len(), m * n, "matmul_packed: residual is not [m, n]");
@@ -689,6 +716,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A clone's panels start on its own 64-byte boundary (a copied offset made the aligned
+    /// loads fault).
+    #[test]
+    fn a_clone_multiplies_like_the_original() {
+        if !available() {
+            eprintln!("SKIP a_clone_multiplies_like_the_original: this CPU has no AVX-512");
+            return;
+        }
+        let mut next = uniform(3);
+        let (m, k, n) = (20, 40, 50);
+        let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+        let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+        let bias = vec![0.0; n];
+        let epi = Epilogue { bias: &bias, residual: None, lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+        let packed = PackedB::pack(&b, k, n);
+        let mut want = vec![0.0; m * n];
+        matmul_packed(&mut want, &a, &packed, m, &epi, 1);
+        // Several clones, so that some land on a different alignment than the original.
+        for _ in 0..8 {
+            let copy = packed.clone();
+            let mut got = vec![0.0; m * n];
+            matmul_packed(&mut got, &a, &copy, m, &epi, 1);
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "read past")]
+    fn shifted_refuses_rows_whose_index_overflows() {
+        // A row index that wraps in release builds must not pass the bound.
+        let packed = PackedB::pack(&[1.0], 1, 1);
+        let x = [0.0; 4];
+        let rows = ShiftedRows { x: &x, wp: 1, c: 1, kh: 1, kw: 1, ow: 1, first: usize::MAX };
+        let epi = Epilogue { bias: &[0.0], residual: None, lo: f32::NEG_INFINITY, hi: f32::INFINITY };
+        matmul_packed_shifted(&mut [0.0; 1], &rows, &packed, 1, &epi, 1);
     }
 
     #[test]

@@ -131,6 +131,10 @@ fn conv_matches_naive_reference() {
         (15, 16, 20, 24, 3, 2, Padding::Same),
         (9, 10, 16, 8, 3, 2, Padding::Explicit { before: 0, after: 1 }),
         (11, 9, 24, 70, 5, 1, Padding::Symmetric(2)),
+        // 1x1 stride 1 with padding after only: not the direct path (it reads the input as the
+        // output's rows), through im2col and through the padded input.
+        (6, 5, 4, 3, 1, 1, Padding::Explicit { before: 0, after: 1 }),
+        (7, 6, 16, 8, 1, 1, Padding::Explicit { before: 0, after: 2 }),
     ];
     for ((h, w, ic, oc, k, s, pad), pack) in cases.into_iter().flat_map(|c| [(c, true), (c, false)])
     {

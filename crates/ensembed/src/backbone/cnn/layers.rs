@@ -398,7 +398,7 @@ impl Conv2d {
         let m = oh * ow;
         let n = self.oc;
         // A pointwise stride-1 convolution reads its GEMM operand straight from the input.
-        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && pt == 0 && pl == 0;
+        let direct = self.kh == 1 && self.kw == 1 && self.stride == 1 && (oh, ow) == (x.h, x.w) && pt == 0 && pl == 0;
         // With packed weights, a stride-1 convolution over enough channels reads its receptive
         // fields in place from a zero-padded copy of the input (about a ninth of an im2col
         // block for 3x3); few channels (the RGB stem) would make each tap's run too short.
