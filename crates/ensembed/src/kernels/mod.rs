@@ -10,6 +10,7 @@ mod packed;
 pub use activation::{bias_act_forward, relu_backward_bias, transpose};
 pub use matmul::{matmul, Layout};
 pub use packed::{
-    available as packed_available, matmul_packed, matmul_packed_shifted, set_enabled as set_packing,
-    Epilogue, PackedB, ShiftedRows, NR,
+    available as packed_available, matmul_packed, matmul_packed_shifted,
+    matmul_packed_shifted_uninit, matmul_packed_uninit, set_enabled as set_packing, Epilogue,
+    PackedB, ShiftedRows, NR,
 };

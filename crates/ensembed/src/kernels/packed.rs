@@ -13,6 +13,8 @@
 //! strided views of the padded input. Machines without AVX-512 keep the `gemm` crate
 //! ([`available`] says which).
 
+use std::mem::MaybeUninit;
+
 /// Columns per packed panel: two 16-float AVX-512 registers.
 pub const NR: usize = 32;
 /// Rows per micro-tile: 14 x 2 accumulators, 2 panel registers and a broadcast fill 31 of the
@@ -181,8 +183,29 @@ pub fn matmul_packed(
     epi: &Epilogue,
     threads: usize,
 ) {
+    matmul_packed_uninit(as_uninit(c), a, b, m, epi, threads);
+}
+
+/// [`matmul_packed`] into memory that need not be initialised: every element of `c` is
+/// written, so a caller may then take it as initialised (`Vec::set_len` after
+/// `spare_capacity_mut`). A layer's output buffer then needs no zeroing first.
+pub fn matmul_packed_uninit(
+    c: &mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &PackedB,
+    m: usize,
+    epi: &Epilogue,
+    threads: usize,
+) {
     assert_eq!(Some(a.len()), m.checked_mul(b.k), "matmul_packed: a is not [m, k]");
     drive(c, Lhs::Dense(a), b, m, epi, threads);
+}
+
+/// An initialised slice seen as possibly uninitialised, for the kernels here, which only ever
+/// store valid floats into it.
+fn as_uninit(c: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the callees write only initialised `f32`s, so `c` stays initialised.
+    unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) }
 }
 
 /// [`matmul_packed`] for `m` rows of a stride-1 convolution read in place from its padded
@@ -195,6 +218,19 @@ pub fn matmul_packed(
 /// When the CPU lacks AVX-512, `b` is not `kh * kw * c` deep, or a row reads past `a.x`.
 pub fn matmul_packed_shifted(
     c: &mut [f32],
+    a: &ShiftedRows,
+    b: &PackedB,
+    m: usize,
+    epi: &Epilogue,
+    threads: usize,
+) {
+    matmul_packed_shifted_uninit(as_uninit(c), a, b, m, epi, threads);
+}
+
+/// [`matmul_packed_shifted`] into memory that need not be initialised: every element of `c` is
+/// written (see [`matmul_packed_uninit`]).
+pub fn matmul_packed_shifted_uninit(
+    c: &mut [MaybeUninit<f32>],
     a: &ShiftedRows,
     b: &PackedB,
     m: usize,
@@ -227,7 +263,9 @@ pub fn matmul_packed_shifted(
     drive(c, Lhs::Shifted(*a), b, m, epi, threads);
 }
 
-fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: usize) {
+/// Every element of `c` is written: the `k == 0` loop writes each one, and the kernel's first
+/// depth block stores every row block of every panel before a later block loads any.
+fn drive(c: &mut [MaybeUninit<f32>], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: usize) {
     let (k, n) = (b.k, b.n);
     assert_eq!(Some(c.len()), m.checked_mul(n), "matmul_packed: c is not [m, n]");
     assert_eq!(epi.bias.len(), n, "matmul_packed: bias is not [n]");
@@ -243,7 +281,7 @@ fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: 
         for (i, row) in c.chunks_exact_mut(n).enumerate() {
             for (j, v) in row.iter_mut().enumerate() {
                 let r = epi.residual.map_or(0.0, |r| r[i * n + j]);
-                *v = (epi.bias[j] + r).max(epi.lo).min(epi.hi);
+                v.write((epi.bias[j] + r).max(epi.lo).min(epi.hi));
             }
         }
         return;
@@ -266,7 +304,7 @@ fn drive(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue, threads: 
     }
 }
 
-fn run(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
+fn run(c: &mut [MaybeUninit<f32>], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `drive` checked the CPU and every extent (and `matmul_packed_shifted` the
     // furthest read).
@@ -283,16 +321,18 @@ fn run(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     use super::{Epilogue, Lhs, PackedB, KC, MR, NR, ROWS_OUTER_BYTES};
 
     /// The blocked loop: depth blocks of [`KC`] outside, then panels and row blocks of [`MR`]
     /// in the order that keeps the reused operand in cache.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn gemm(c: &mut [f32], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
+    pub(super) unsafe fn gemm(c: &mut [MaybeUninit<f32>], a: Lhs, b: &PackedB, m: usize, epi: &Epilogue) {
         let (k, n) = (b.k, b.n);
         let bp = b.body().as_ptr();
-        let cp = c.as_mut_ptr();
+        // Raw pointers only: parts of `c` are uninitialised until the first depth block.
+        let cp = c.as_mut_ptr() as *mut f32;
         let rp = epi.residual.map(|r| r.as_ptr());
         // Rows a multiple of 4 KiB apart fall in the same L1 set, and 14 of them overflow its 8
         // ways: such blocks are copied to rows of `KC + 16` floats first (a cheap row copy).
