@@ -74,26 +74,26 @@ impl PackedB {
     /// `b`: `[k, n]`.
     pub fn pack(b: &[f32], k: usize, n: usize) -> PackedB {
         assert_eq!(Some(b.len()), k.checked_mul(n), "PackedB::pack: b is not [k, n]");
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0.0f32; panels * k * NR + 16];
-        let offset = (64 - (data.as_ptr() as usize) % 64) % 64 / 4;
-        let body = &mut data[offset..];
+        let mut packed = PackedB::zeros(k, n);
+        let (offset, body) = (packed.offset, &mut packed.data);
         for p in 0..k {
             for j in 0..n {
-                body[((j / NR) * k + p) * NR + j % NR] = b[p * n + j];
+                body[offset + ((j / NR) * k + p) * NR + j % NR] = b[p * n + j];
             }
         }
+        packed
+    }
+
+    /// Zero panels for a `[k, n]` operand, their start on a 64-byte boundary of the allocation.
+    fn zeros(k: usize, n: usize) -> PackedB {
+        let data = vec![0.0f32; PackedB::len(k, n) + 16];
+        let offset = (64 - (data.as_ptr() as usize) % 64) % 64 / 4;
         PackedB { k, n, data, offset }
     }
 
-    /// Rows (`k`).
-    pub fn rows(&self) -> usize {
-        self.k
-    }
-
-    /// Columns (`n`).
-    pub fn cols(&self) -> usize {
-        self.n
+    /// Floats in the panels of a `[k, n]` operand.
+    fn len(k: usize, n: usize) -> usize {
+        n.div_ceil(NR) * k * NR
     }
 
     /// Element `(p, j)` of the unpacked matrix.
@@ -110,11 +110,10 @@ impl PackedB {
 /// clone would copy `offset` to a buffer at another address, and the aligned loads would fault.
 impl Clone for PackedB {
     fn clone(&self) -> PackedB {
-        let len = self.n.div_ceil(NR) * self.k * NR;
-        let mut data = vec![0.0f32; len + 16];
-        let offset = (64 - (data.as_ptr() as usize) % 64) % 64 / 4;
-        data[offset..offset + len].copy_from_slice(&self.body()[..len]);
-        PackedB { k: self.k, n: self.n, data, offset }
+        let mut copy = PackedB::zeros(self.k, self.n);
+        let len = PackedB::len(self.k, self.n);
+        copy.data[copy.offset..copy.offset + len].copy_from_slice(&self.body()[..len]);
+        copy
     }
 }
 

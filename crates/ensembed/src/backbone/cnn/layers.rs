@@ -443,6 +443,15 @@ impl Conv2d {
             let p1 = (p0 + rows).min(m);
             let t = p1 - p0;
             let res = residual.map(|r| &r.data[p0 * n..p1 * n]);
+            // The GEMM's stored left operand (none where the shifted rows read the input).
+            let a: &[f32] = if direct {
+                &x.data[p0 * k..p1 * k]
+            } else if shifted {
+                &[]
+            } else {
+                im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
+                &cols[..t * k]
+            };
             match &self.weight {
                 ConvWeight::Packed(w) => {
                     let c_tile = &mut data.spare_capacity_mut()[p0 * n..p1 * n];
@@ -457,23 +466,11 @@ impl Conv2d {
                         let a = ShiftedRows { x: xp, wp: ow + self.kw - 1, c: x.c, kh: self.kh, kw: self.kw, ow, first: p0 };
                         matmul_packed_shifted_uninit(c_tile, &a, w, t, &epi, threads);
                     } else {
-                        let a: &[f32] = if direct {
-                            &x.data[p0 * k..p1 * k]
-                        } else {
-                            im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
-                            &cols[..t * k]
-                        };
                         matmul_packed_uninit(c_tile, a, w, t, &epi, threads);
                     }
                 }
                 ConvWeight::Plain(w) => {
                     let c_tile = &mut data[p0 * n..p1 * n];
-                    let a: &[f32] = if direct {
-                        &x.data[p0 * k..p1 * k]
-                    } else {
-                        im2col(&geom, &x.data, p0, p1, &mut cols[..t * k]);
-                        &cols[..t * k]
-                    };
                     matmul(c_tile, a, Layout::N, w, Layout::N, t, n, k, false, threads);
                     epilogue(c_tile, &self.bias, res, act);
                 }
@@ -523,11 +520,10 @@ fn pad(g: &Im2col, x: &[f32], oh: usize, ws: &mut Workspace) -> Vec<f32> {
             row.fill(0.0);
             continue;
         }
-        // Columns past the input (a kernel wider than the padding needs) stay zero too.
-        let cols = g.w.min(wp - g.pl);
+        // At stride 1, `wp = pl + w + pr`: the row is left padding, the input row, right padding.
         row[..g.pl * c].fill(0.0);
-        row[g.pl * c..(g.pl + cols) * c].copy_from_slice(&x[iy * g.w * c..(iy * g.w + cols) * c]);
-        row[(g.pl + cols) * c..].fill(0.0);
+        row[g.pl * c..(g.pl + g.w) * c].copy_from_slice(&x[iy * g.w * c..(iy + 1) * g.w * c]);
+        row[(g.pl + g.w) * c..].fill(0.0);
     }
     xp
 }

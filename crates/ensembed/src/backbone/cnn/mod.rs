@@ -7,8 +7,9 @@
 //! Supported: the CIFAR ResNets of akamaster/pytorch_resnet_cifar10 (option-A shortcuts),
 //! torchvision ResNets (basic or bottleneck blocks, v1.5 strides) and VISSL trunks of them, and
 //! EfficientNet-Lite0..4 as ported by `efficientnet_lite_pytorch` (see each module). `layers.rs`
-//! holds the arithmetic: NHWC maps, 1x1 convolutions as one GEMM, im2col for the rest;
-//! `depthwise.rs` the depthwise convolution.
+//! holds the arithmetic: NHWC maps, 1x1 convolutions as one GEMM, the others over an im2col
+//! block or, at stride 1 with packed weights, over the padded input in place
+//! (`kernels/packed.rs`); `depthwise.rs` the depthwise convolution.
 //!
 //! Images run in parallel, one per rayon thread with single-threaded GEMMs, which beats
 //! splitting each GEMM over the threads once there are at least as many images as threads
