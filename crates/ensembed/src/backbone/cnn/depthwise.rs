@@ -90,14 +90,44 @@ impl DepthwiseConv2d {
             return Err(Error::shape("depthwise input channels", self.c, x.c));
         }
         let (oh, ow) = self.out_size(x.h, x.w)?;
-        let (_, pt) = self.padding.resolve(x.h, self.k, self.stride).unwrap();
-        let (_, pl) = self.padding.resolve(x.w, self.k, self.stride).unwrap();
         let mut out = ws.fmap(oh, ow, self.c);
-        let g = Window::over(x, ow, self.k, self.stride, pt, pl);
-        for (oy, row) in out.data.chunks_exact_mut(ow * self.c).enumerate() {
-            depthwise_row(&g, &x.data, &self.weight, &self.bias, oy, row, act);
-        }
+        self.forward_band(&x.data, 0, x.h, x.w, 0, &mut out.data, act);
         Ok(out)
+    }
+
+    /// Output rows `oy0..` (as many as `out` holds) of [`DepthwiseConv2d::forward`] over an `h`
+    /// x `w` input of which only rows `first..` (as many as `band` holds) are at hand: a block
+    /// that runs in bands of rows ([`super::mbconv`]) passes just the rows the band reads.
+    ///
+    /// # Shapes
+    /// `band`: `[rows, w, c]`; `out`: `[out_rows, ow, c]`.
+    ///
+    /// # Panics
+    /// When `band` lacks a row that the outputs read, or a size disagrees.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_band(&self, band: &[f32], first: usize, h: usize, w: usize, oy0: usize, out: &mut [f32], act: Act) {
+        let c = self.c;
+        let (oh, ow) = self.out_size(h, w).expect("depthwise band of a map smaller than its kernel");
+        let (_, pt) = self.padding.resolve(h, self.k, self.stride).unwrap();
+        let (_, pl) = self.padding.resolve(w, self.k, self.stride).unwrap();
+        assert!(w > 0 && band.len() % (w * c) == 0 && out.len() % (ow * c) == 0, "depthwise band is not whole rows");
+        let (rows, out_rows) = (band.len() / (w * c), out.len() / (ow * c));
+        assert!(oy0 + out_rows <= oh, "depthwise band: output rows {oy0}+{out_rows} of {oh}");
+        if out_rows == 0 {
+            return;
+        }
+        // The input rows these outputs read, clipped to the map, must all be in the band.
+        let need_lo = (oy0 * self.stride).saturating_sub(pt);
+        let need_hi = ((oy0 + out_rows - 1) * self.stride + self.k).saturating_sub(pt).min(h);
+        assert!(first <= need_lo && need_hi <= first + rows, "depthwise band: rows {first}..{} lack {need_lo}..{need_hi}", first + rows);
+        // From its first needed row on, the band's own coordinates have `pt + need_lo - oy0 *
+        // stride` (>= 0) rows of padding above its first output row; rows past its end are
+        // either past the map or read by no output here, so taking them for padding is exact.
+        let band = &band[(need_lo - first) * w * c..];
+        let g = Window { h: rows - (need_lo - first), w, c, ow, k: self.k, stride: self.stride, pt: pt + need_lo - oy0 * self.stride, pl };
+        for (oy, row) in out.chunks_exact_mut(ow * c).enumerate() {
+            depthwise_row(&g, band, &self.weight, &self.bias, oy, row, act);
+        }
     }
 }
 

@@ -15,6 +15,7 @@
 //! (centre crop of `size / (size + 32)`): resize the shorter side to `size + 32`, crop `size`.
 
 use super::depthwise::DepthwiseConv2d;
+use super::mbconv::MbConv;
 use super::layers::{
     fold_batch_norm, global_avg_pool, Act, Conv2d, Fmap, Linear, Padding, Workspace,
 };
@@ -95,18 +96,11 @@ fn blocks(width: f64, depth: f64) -> Vec<Spec> {
     out
 }
 
-struct Block {
-    expand: Option<Conv2d>,
-    depthwise: DepthwiseConv2d,
-    project: Conv2d,
-    skip: bool,
-}
-
 /// An EfficientNet-Lite.
 pub struct EfficientNetLite {
     variant: usize,
     stem: Conv2d,
-    blocks: Vec<Block>,
+    blocks: Vec<MbConv>,
     head_conv: Conv2d,
     head: Linear,
 }
@@ -198,13 +192,9 @@ impl EfficientNetLite {
                 Padding::Same,
                 EPS,
             )?;
-            blocks_out.push(Block {
-                expand,
-                depthwise,
-                project,
-                // `id_skip` is set for every Lite block; the sum needs equal shapes.
-                skip: s.stride == 1 && s.input == s.output,
-            });
+            // `id_skip` is set for every Lite block; the sum needs equal shapes.
+            let skip = s.stride == 1 && s.input == s.output;
+            blocks_out.push(MbConv::new(expand, depthwise, project, skip));
         }
         let last = specs.last().map_or(32, |s| s.output);
         let head_conv = w.conv_bn("_conv_head", "_bn1", last, 1, Padding::Same, EPS)?;
@@ -250,20 +240,7 @@ impl Net for EfficientNetLite {
         let mut h = self.stem.forward(&x, None, Act::Relu6, ws, threads)?;
         ws.recycle(x);
         for b in &self.blocks {
-            let e = match &b.expand {
-                Some(c) => Some(c.forward(&h, None, Act::Relu6, ws, threads)?),
-                None => None,
-            };
-            let d = b
-                .depthwise
-                .forward(e.as_ref().unwrap_or(&h), Act::Relu6, ws)?;
-            if let Some(e) = e {
-                ws.recycle(e);
-            }
-            let out = b
-                .project
-                .forward(&d, b.skip.then_some(&h), Act::None, ws, threads)?;
-            ws.recycle(d);
+            let out = b.forward(&h, ws, threads)?;
             ws.recycle(std::mem::replace(&mut h, out));
         }
         let f = self.head_conv.forward(&h, None, Act::Relu6, ws, threads)?;

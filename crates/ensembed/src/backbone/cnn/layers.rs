@@ -20,6 +20,7 @@
 //! fresh multi-megabyte allocations cost page faults on every layer of every image.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 
 use crate::backbone::ops::multiversion;
 use crate::error::{Error, Result};
@@ -337,6 +338,49 @@ impl Conv2d {
     pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
         let (oh, ow) = self.out_size(h, w).ok()?;
         Some((oh * ow * self.oc * self.kh * self.kw * self.ic) as u64)
+    }
+
+    /// Whether this is a pointwise convolution: 1x1, stride 1, no padding, so that it is one
+    /// GEMM over any run of pixels ([`Conv2d::pointwise_uninit`]).
+    pub fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding.resolve(1, 1, 1) == Some((1, 0))
+    }
+
+    /// `act(x · W + bias + residual)` over a run of pixels, for a pointwise convolution, into
+    /// memory that need not be initialised: every float of `out` is written. Blocks that run in
+    /// bands of rows ([`super::mbconv`]) call it on each band.
+    ///
+    /// # Shapes
+    /// `x`: `[rows, ic]`; `residual`: `[rows, oc]`; `out`: `[rows, oc]`.
+    ///
+    /// # Panics
+    /// When the convolution is not pointwise or a shape disagrees.
+    pub(super) fn pointwise_uninit(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        act: Act,
+        out: &mut [MaybeUninit<f32>],
+        threads: usize,
+    ) {
+        assert!(self.is_pointwise(), "pointwise_uninit on a {}x{} stride-{} convolution", self.kh, self.kw, self.stride);
+        let rows = x.len() / self.ic;
+        assert!(x.len() == rows * self.ic && out.len() == rows * self.oc, "pointwise_uninit: x or out is not whole rows");
+        match &self.weight {
+            ConvWeight::Packed(w) => {
+                let (lo, hi) = act.bounds();
+                let epi = Epilogue { bias: &self.bias, residual, lo, hi };
+                matmul_packed_uninit(out, x, w, rows, &epi, threads);
+            }
+            ConvWeight::Plain(w) => {
+                out.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element was just initialised, and f32 and MaybeUninit<f32>
+                // share their layout.
+                let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                matmul(out, x, Layout::N, w, Layout::N, rows, self.oc, self.ic, false, threads);
+                epilogue(out, &self.bias, residual, act);
+            }
+        }
     }
 
     /// The weights back in PyTorch's (and ONNX's) layout, for export.

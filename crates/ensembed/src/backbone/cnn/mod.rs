@@ -18,6 +18,7 @@
 mod depthwise;
 mod efficientnet;
 mod layers;
+mod mbconv;
 mod resnet;
 
 use std::cell::RefCell;
