@@ -250,6 +250,78 @@ fn small_graph_matches_an_f64_reference() {
     }
 }
 
+/// An inverted-residual chain (1x1 expansion + Clip to [0, 6], depthwise 3x3 + Clip, 1x1
+/// projection + Add of the chain's input) becomes one MBConv step, and a second chain whose
+/// expansion output has another reader stays step by step; both agree with the f64 reference.
+#[test]
+fn onnx_mbconv_chains_are_fused_where_nothing_else_reads_inside() {
+    let mut r = rng(11);
+    let mut w = OnnxWriter::new("x", [None, Some(3), Some(12), Some(12)]);
+    w.metadata(PREPROCESS_KEY, "resize 12 crop 12 mean 0,0,0 std 1,1,1");
+    let img = RgbImage::new(12, 12, (0..12 * 12 * 3).map(|_| r.random()).collect()).unwrap();
+    let x = Chw { c: 3, h: 12, w: 12, v: (0..3 * 144).map(|i| img.pixels()[(i % 144) * 3 + i / 144] as f32 as f64 / 255.0).collect() };
+    let x = x.map(|v| ((v * 255.0) as f32 / 255.0) as f64);
+    w.init_f32("lo", &[], &[0.0]);
+    w.init_f32("hi", &[], &[6.0]);
+    let pointwise = |w: &mut OnnxWriter, r: &mut ChaCha8Rng, name: &str, ic: usize, oc: usize, input: &str| {
+        let (wt, b) = (randv(r, oc * ic, -0.5, 0.5), randv(r, oc, -0.2, 0.2));
+        w.init_f32(&format!("{name}_w"), &[oc, ic, 1, 1], &wt);
+        w.init_f32(&format!("{name}_b"), &[oc], &b);
+        w.node("Conv", &[input, &format!("{name}_w"), &format!("{name}_b")], &[name], &[]);
+        (wt, b)
+    };
+    // Stem 3 -> 16, ReLU.
+    let (sw, sb) = pointwise(&mut w, &mut r, "s", 3, 16, "x");
+    w.node("Relu", &["s"], &["sr"], &[]);
+    let a0 = conv(&x, &sw, &sb, 16, 1, 1, 0, 0, 1).map(|v| v.max(0.0));
+    // Chain A, fused: 16 -> 48 -> depthwise -> 16, plus the input.
+    let (ew, eb) = pointwise(&mut w, &mut r, "e", 16, 48, "sr");
+    w.node("Clip", &["e", "lo", "hi"], &["e6"], &[]);
+    let (dw, db) = (randv(&mut r, 48 * 9, -0.5, 0.5), randv(&mut r, 48, -0.2, 0.2));
+    w.init_f32("d_w", &[48, 1, 3, 3], &dw);
+    w.init_f32("d_b", &[48], &db);
+    w.node("Conv", &["e6", "d_w", "d_b"], &["d"], &[("group", Attr::Int(48)), ("pads", Attr::Ints(vec![1; 4]))]);
+    w.node("Clip", &["d", "lo", "hi"], &["d6"], &[]);
+    let (pw, pb) = pointwise(&mut w, &mut r, "p", 48, 16, "d6");
+    w.node("Add", &["p", "sr"], &["a"], &[]);
+    let e = conv(&a0, &ew, &eb, 48, 1, 1, 0, 0, 1).map(|v| v.clamp(0.0, 6.0));
+    let d = conv(&e, &dw, &db, 48, 3, 1, 1, 1, 48).map(|v| v.clamp(0.0, 6.0));
+    let p = conv(&d, &pw, &pb, 16, 1, 1, 0, 0, 1);
+    let a1 = Chw { v: p.v.iter().zip(&a0.v).map(|(p, x)| p + x).collect(), ..p };
+    // Chain B, not fused: its depthwise output is also pooled (into a value nothing uses).
+    let (fw, fb) = pointwise(&mut w, &mut r, "f", 16, 32, "a");
+    w.node("Relu", &["f"], &["fr"], &[]);
+    let (gw, gb) = (randv(&mut r, 32 * 9, -0.5, 0.5), randv(&mut r, 32, -0.2, 0.2));
+    w.init_f32("g_w", &[32, 1, 3, 3], &gw);
+    w.init_f32("g_b", &[32], &gb);
+    w.node("Conv", &["fr", "g_w", "g_b"], &["g"], &[("group", Attr::Int(32)), ("strides", Attr::Ints(vec![2, 2])), ("pads", Attr::Ints(vec![0, 0, 1, 1]))]);
+    w.node("Relu", &["g"], &["gr"], &[]);
+    w.node("GlobalAveragePool", &["gr"], &["side"], &[]);
+    let (hw, hb) = pointwise(&mut w, &mut r, "h", 32, 24, "gr");
+    let f = conv(&a1, &fw, &fb, 32, 1, 1, 0, 0, 1).map(|v| v.max(0.0));
+    let g = conv(&f, &gw, &gb, 32, 3, 2, 0, 1, 32).map(|v| v.max(0.0));
+    let h = conv(&g, &hw, &hb, 24, 1, 1, 0, 0, 1);
+    w.node("GlobalAveragePool", &["h"], &["pool"], &[]);
+    w.node("Flatten", &["pool"], &["feat"], &[]);
+    w.output("feat");
+    let want = gap(&h);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mbconv.onnx");
+    std::fs::write(&path, w.finish()).unwrap();
+    let m = OnnxModel::load(&path, &PreprocessOverride::default()).unwrap();
+    let described = m.describe();
+    eprintln!("{described}");
+    // The stem, chain B's three convolutions, and chain A as one block. (A depthwise
+    // convolution and projection whose input has other readers are still a block, without
+    // expansion: the input is not an intermediate.)
+    assert!(described.contains("(4 convolutions and 1 MBConv blocks after fusion)"), "{described}");
+    let got = m.features(std::slice::from_ref(&img)).unwrap();
+    let err = rel_err(&got.data, &want);
+    eprintln!("MBConv graph: features rel err {err:.2e} against the f64 reference");
+    assert!(err < 1e-5, "{:?} vs {want:?}", got.data);
+}
+
 #[test]
 fn onnx_head_variants_reduce_mean_matmul_reshape() {
     // Conv -> Relu -> ReduceMean(axes [2, 3], keepdims 0) -> MatMul + Add(bias); and a

@@ -110,7 +110,7 @@ impl DepthwiseConv2d {
         let (oh, ow) = self.out_size(h, w).expect("depthwise band of a map smaller than its kernel");
         let (_, pt) = self.padding.resolve(h, self.k, self.stride).unwrap();
         let (_, pl) = self.padding.resolve(w, self.k, self.stride).unwrap();
-        assert!(w > 0 && band.len() % (w * c) == 0 && out.len() % (ow * c) == 0, "depthwise band is not whole rows");
+        assert!(w * c > 0 && band.len().is_multiple_of(w * c) && out.len().is_multiple_of(ow * c), "depthwise band is not whole rows");
         let (rows, out_rows) = (band.len() / (w * c), out.len() / (ow * c));
         assert!(oy0 + out_rows <= oh, "depthwise band: output rows {oy0}+{out_rows} of {oh}");
         if out_rows == 0 {

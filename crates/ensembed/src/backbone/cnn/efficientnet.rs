@@ -194,7 +194,8 @@ impl EfficientNetLite {
             )?;
             // `id_skip` is set for every Lite block; the sum needs equal shapes.
             let skip = s.stride == 1 && s.input == s.output;
-            blocks_out.push(MbConv::new(expand, depthwise, project, skip));
+            let block = MbConv::new(expand, depthwise, project, skip, [Act::Relu6, Act::Relu6, Act::None]);
+            blocks_out.push(block.expect("the block list chains by construction"));
         }
         let last = specs.last().map_or(32, |s| s.output);
         let head_conv = w.conv_bn("_conv_head", "_bn1", last, 1, Padding::Same, EPS)?;

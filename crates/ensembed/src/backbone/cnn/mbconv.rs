@@ -20,27 +20,34 @@ use crate::error::{Error, Result};
 /// for the depthwise output, the projection's weights and the other layers' buffers.
 const BAND_BYTES: usize = 256 << 10;
 
-/// One MBConv block with its batch norms folded in: `project(act(depthwise(act(expand(x)))))
-/// [+ x]`, ReLU6 as `act` (EfficientNet-Lite, MobileNetV2).
-pub(super) struct MbConv {
+/// One MBConv block with its batch norms folded in: `act2(project(act1(depthwise(act0(expand(x)))))
+/// [+ x])`; EfficientNet-Lite and MobileNetV2 use ReLU6, ReLU6 and none.
+#[derive(Debug)]
+pub struct MbConv {
     /// Pointwise; absent where the expansion ratio is 1.
-    pub expand: Option<Conv2d>,
-    pub depthwise: DepthwiseConv2d,
+    pub(crate) expand: Option<Conv2d>,
+    pub(crate) depthwise: DepthwiseConv2d,
     /// Pointwise.
-    pub project: Conv2d,
-    /// Adds the input to the output (stride 1 and as many channels out as in).
-    pub skip: bool,
+    pub(crate) project: Conv2d,
+    /// Adds the input to the projection's output (before its activation).
+    pub(crate) skip: bool,
+    /// After the expansion, the depthwise convolution and the projection.
+    pub(crate) acts: [Act; 3],
 }
 
 impl MbConv {
-    /// Checks that the parts fit together (a fault in the code that builds them, not in the
-    /// checkpoint, which was checked against the architecture before).
-    pub fn new(expand: Option<Conv2d>, depthwise: DepthwiseConv2d, project: Conv2d, skip: bool) -> MbConv {
-        let mid = expand.as_ref().map_or(depthwise.c, |e| e.oc);
-        assert!(expand.as_ref().is_none_or(Conv2d::is_pointwise) && project.is_pointwise(), "MBConv with a non-pointwise expansion or projection");
-        assert!(mid == depthwise.c && project.ic == depthwise.c, "MBConv channels do not chain");
-        assert!(!skip || (depthwise.stride == 1 && project.oc == expand.as_ref().map_or(depthwise.c, |e| e.ic)), "MBConv skip over a change of shape");
-        MbConv { expand, depthwise, project, skip }
+    /// The block, or `None` when the parts do not make one ([`MbConv::fits`]).
+    pub fn new(expand: Option<Conv2d>, depthwise: DepthwiseConv2d, project: Conv2d, skip: bool, acts: [Act; 3]) -> Option<MbConv> {
+        MbConv::fits(expand.as_ref(), &depthwise, &project, skip).then_some(MbConv { expand, depthwise, project, skip, acts })
+    }
+
+    /// Whether these parts make a block: the expansion and the projection pointwise, the
+    /// channels chained, and a skip only where the output has the input's shape.
+    pub fn fits(expand: Option<&Conv2d>, depthwise: &DepthwiseConv2d, project: &Conv2d, skip: bool) -> bool {
+        let ic = expand.map_or(depthwise.c, |e| e.ic);
+        let pointwise = expand.is_none_or(Conv2d::is_pointwise) && project.is_pointwise();
+        let chained = expand.is_none_or(|e| e.oc == depthwise.c) && project.ic == depthwise.c;
+        pointwise && chained && (!skip || (depthwise.stride == 1 && project.oc == ic))
     }
 
     /// Input channels.
@@ -100,7 +107,7 @@ impl MbConv {
                     let new = need_lo + kept;
                     (lo, hi) = (need_lo, need_hi);
                     let dst = &mut e.spare_capacity_mut()[..(hi - new) * row];
-                    expand.pointwise_uninit(&x.data[new * w * x.c..hi * w * x.c], None, Act::Relu6, dst, threads);
+                    expand.pointwise_uninit(&x.data[new * w * x.c..hi * w * x.c], None, self.acts[0], dst, threads);
                     // SAFETY: the kept rows were initialised before, and `pointwise_uninit`
                     // wrote every float of the rows after them.
                     unsafe { e.set_len((hi - lo) * row) };
@@ -109,10 +116,10 @@ impl MbConv {
                 None => (&x.data[need_lo * row..need_hi * row], need_lo),
             };
             let d = &mut d[..(oy1 - oy0) * ow * mid];
-            dw.forward_band(rows, first, h, w, oy0, d, Act::Relu6);
+            dw.forward_band(rows, first, h, w, oy0, d, self.acts[1]);
             let residual = self.skip.then(|| &x.data[oy0 * ow * oc..oy1 * ow * oc]);
             let dst = &mut out.spare_capacity_mut()[oy0 * ow * oc..oy1 * ow * oc];
-            self.project.pointwise_uninit(d, residual, Act::None, dst, threads);
+            self.project.pointwise_uninit(d, residual, self.acts[2], dst, threads);
             oy0 = oy1;
         }
         // SAFETY: the bands cover output rows 0..oh, and `pointwise_uninit` wrote every float.
@@ -132,9 +139,9 @@ mod tests {
 
     /// The block layer by layer, each layer's whole map at once.
     fn layer_by_layer(b: &MbConv, x: &Fmap, ws: &mut Workspace) -> Fmap {
-        let e = b.expand.as_ref().map(|c| c.forward(x, None, Act::Relu6, ws, 1).unwrap());
-        let d = b.depthwise.forward(e.as_ref().unwrap_or(x), Act::Relu6, ws).unwrap();
-        b.project.forward(&d, b.skip.then_some(x), Act::None, ws, 1).unwrap()
+        let e = b.expand.as_ref().map(|c| c.forward(x, None, b.acts[0], ws, 1).unwrap());
+        let d = b.depthwise.forward(e.as_ref().unwrap_or(x), b.acts[1], ws).unwrap();
+        b.project.forward(&d, b.skip.then_some(x), b.acts[2], ws, 1).unwrap()
     }
 
     fn random(r: &mut rand_chacha::ChaCha8Rng, n: usize) -> Vec<f32> {
@@ -158,7 +165,9 @@ mod tests {
             (11, 6, 20, 4, 3, 2, Padding::Symmetric(1), 12),
             (1, 1, 16, 6, 3, 1, Padding::Same, 16),
         ];
-        for (h, w, ic, ratio, k, s, padding, oc) in cases {
+        for (case, (h, w, ic, ratio, k, s, padding, oc)) in cases.into_iter().enumerate() {
+            // MobileNetV2's and EfficientNet-Lite's activations, and others an ONNX graph may fuse.
+            let acts = [[Act::Relu6, Act::Relu6, Act::None], [Act::Relu, Act::None, Act::Relu]][case % 2];
             let mid = ic * ratio;
             let conv = |r: &mut rand_chacha::ChaCha8Rng, i: usize, o: usize| {
                 Conv2d::from_oihw(&random(r, o * i), random(r, o), [o, i, 1, 1], 1, Padding::Same)
@@ -166,7 +175,7 @@ mod tests {
             let expand = (ratio != 1).then(|| conv(&mut r, ic, mid));
             let depthwise = DepthwiseConv2d::from_oihw(&random(&mut r, mid * k * k), random(&mut r, mid), mid, k, s, padding);
             let project = conv(&mut r, mid, oc);
-            let b = MbConv::new(expand, depthwise, project, s == 1 && ic == oc);
+            let b = MbConv::new(expand, depthwise, project, s == 1 && ic == oc, acts).unwrap();
             // The gemm crate's path where the packed kernel is the default, and the other way
             // round where it is not available (then both are the gemm crate's).
             let unpacked = MbConv::new(
@@ -174,7 +183,9 @@ mod tests {
                 b.depthwise.clone(),
                 b.project.clone().with_packing(false),
                 b.skip,
-            );
+                b.acts,
+            )
+            .unwrap();
             let x = Fmap { h, w, c: ic, data: random(&mut r, h * w * ic) };
             for b in [&unpacked, &b] {
                 let want = layer_by_layer(b, &x, &mut ws);
@@ -192,9 +203,21 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_input_is_an_error() {
-        let conv = Conv2d::from_oihw(&[0.0; 16 * 8], vec![0.0; 8], [8, 16, 1, 1], 1, Padding::Same);
-        let b = MbConv::new(None, DepthwiseConv2d::from_oihw(&[0.0; 16 * 9], vec![0.0; 16], 16, 3, 1, Padding::Same), conv, false);
+    fn parts_that_do_not_make_a_block_are_refused_and_a_wrong_input_is_an_error() {
+        let pw = |i: usize, o: usize| Conv2d::from_oihw(&vec![0.0; o * i], vec![0.0; o], [o, i, 1, 1], 1, Padding::Same);
+        let dw = |c: usize, s: usize| DepthwiseConv2d::from_oihw(&vec![0.0; c * 9], vec![0.0; c], c, 3, s, Padding::Same);
+        let acts = [Act::Relu6, Act::Relu6, Act::None];
+        assert!(MbConv::new(Some(pw(8, 16)), dw(16, 1), pw(16, 8), true, acts).is_some());
+        // Channels that do not chain, a skip over a stride or a change of channels, a 3x3
+        // "projection".
+        assert!(MbConv::new(Some(pw(8, 24)), dw(16, 1), pw(16, 8), false, acts).is_none());
+        assert!(MbConv::new(Some(pw(8, 16)), dw(16, 1), pw(24, 8), false, acts).is_none());
+        assert!(MbConv::new(Some(pw(8, 16)), dw(16, 2), pw(16, 8), true, acts).is_none());
+        assert!(MbConv::new(Some(pw(8, 16)), dw(16, 1), pw(16, 12), true, acts).is_none());
+        let k3 = Conv2d::from_oihw(&[0.0; 8 * 16 * 9], vec![0.0; 8], [8, 16, 3, 3], 1, Padding::Same);
+        assert!(MbConv::new(Some(pw(8, 16)), dw(16, 1), k3, false, acts).is_none());
+
+        let b = MbConv::new(None, dw(16, 1), pw(16, 8), false, acts).unwrap();
         let x = Fmap { h: 4, w: 4, c: 8, data: vec![0.0; 128] };
         let e = b.forward(&x, &mut Workspace::default(), 1).unwrap_err().to_string();
         assert!(e.contains("MBConv input channels") && e.contains("16") && e.contains('8'), "{e}");

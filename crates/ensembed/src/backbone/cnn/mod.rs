@@ -32,6 +32,7 @@ use super::{RgbImage, StateDict, Tensor};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 pub use depthwise::DepthwiseConv2d;
+pub use mbconv::MbConv;
 pub use layers::{
     fold_batch_norm, global_avg_pool, max_pool, softmax, Act, BatchNorm, Conv2d, Fmap, Linear,
     Padding, Workspace,

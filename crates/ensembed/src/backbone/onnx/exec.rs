@@ -112,6 +112,12 @@ fn step(op: &Op, input: usize, vals: &[Option<Val>], ws: &mut Workspace, threads
                 }
             }
         }
+        Op::MbConv(b) => {
+            let x = map_input(v, "MBConv")?;
+            let (oh, ow) = b.depthwise.out_size(x.h, x.w)?;
+            check_size("MBConv", oh, ow, b.project.oc)?;
+            map(b.forward(x, ws, threads)?)
+        }
         Op::Unary(u) => {
             let mut out = ws.fmap(v.map.h, v.map.w, v.map.c);
             match *u {

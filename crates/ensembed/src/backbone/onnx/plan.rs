@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::attrs::Attrs;
 use super::proto::{AttrValue, Graph, Node, Tensor, TensorData, DT_FLOAT};
-use crate::backbone::cnn::{fold_batch_norm, Act, BatchNorm, Conv2d, DepthwiseConv2d, Linear, Padding};
+use crate::backbone::cnn::{fold_batch_norm, Act, BatchNorm, Conv2d, DepthwiseConv2d, Linear, MbConv, Padding};
 use crate::error::{Error, Result};
 
 /// Largest padding accepted on any side (far beyond what any CNN uses; bounds the maps a
@@ -57,6 +57,9 @@ pub enum Rhs {
 pub enum Op {
     /// `act(conv(x) + bias [+ residual])`.
     Conv { conv: ConvKind, act: Act, residual: Option<usize> },
+    /// A pointwise -> depthwise -> pointwise chain (MobileNetV2's and EfficientNet's block),
+    /// run in bands of rows.
+    MbConv(MbConv),
     Unary(Unary),
     /// `Add` (`mul == false`) or `Mul`.
     Binary { mul: bool, rhs: Rhs },
@@ -728,13 +731,85 @@ impl Planner<'_> {
             slot.insert(s.output, i + 1);
             steps.push(Step { op, input, output: i + 1, node: s.node });
         }
+        let slots = steps.len() + 1;
+        let steps = fuse_mbconv(steps, slots);
         let pooled = steps
             .iter()
             .rposition(|s| matches!(s.op, Op::GlobalAvgPool { .. }))
             .ok_or_else(|| Error::format(self.path, "graph", "has no GlobalAveragePool (or ReduceMean over H and W): ensembed takes the pooled feature there"))?;
         let head = steps.iter().rposition(|s| matches!(s.op, Op::Linear(_))).filter(|&h| h > pooled);
-        Ok(Plan { slots: steps.len() + 1, steps, pooled, head, input_name: self.input, input_shape })
+        Ok(Plan { slots, steps, pooled, head, input_name: self.input, input_shape })
     }
+}
+
+/// Replaces each chain of steps `pointwise conv -> depthwise conv -> pointwise conv` (the
+/// expansion optional) whose intermediate values have no other reader, and whose residual, if
+/// any, is the chain's input, by one [`Op::MbConv`] step: the block then runs in bands of rows
+/// whose expanded channels stay in cache ([`MbConv`]), with the same bits as step by step. The
+/// dropped steps' slots are simply never written.
+fn fuse_mbconv(steps: Vec<Step>, slots: usize) -> Vec<Step> {
+    let mut readers = vec![0usize; slots];
+    for s in &steps {
+        readers[s.input] += 1;
+        match &s.op {
+            Op::Conv { residual: Some(r), .. } | Op::Binary { rhs: Rhs::Slot(r), .. } => readers[*r] += 1,
+            _ => {}
+        }
+    }
+    // A convolution step as (convolution, activation, residual).
+    fn conv(s: &Step) -> Option<(&ConvKind, Act, Option<usize>)> {
+        match &s.op {
+            Op::Conv { conv, act, residual } => Some((conv, *act, *residual)),
+            _ => None,
+        }
+    }
+    let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
+    let mut out = Vec::with_capacity(steps.len());
+    let mut i = 0;
+    while i < steps.len() {
+        let at = |j: usize| steps.get(j).and_then(|s| s.as_ref());
+        // Where the depthwise step is: after an expansion at i, or at i itself.
+        let chain = [(true, i + 1), (false, i)].into_iter().find_map(|(expanded, d)| {
+            let (ds, ps) = (at(d)?, at(d + 1)?);
+            let (ConvKind::Depthwise(dw), da, None) = conv(ds)? else { return None };
+            let (ConvKind::Dense(p), pa, res) = conv(ps)? else { return None };
+            let (input, expand) = if expanded {
+                let es = at(i)?;
+                let (ConvKind::Dense(e), ea, None) = conv(es)? else { return None };
+                (ds.input == es.output && readers[es.output] == 1).then_some((es.input, Some((e, ea))))?
+            } else {
+                (ds.input, None)
+            };
+            let skip = res.is_some();
+            let fits = MbConv::fits(expand.map(|e| e.0), dw, p, skip);
+            let linked = ps.input == ds.output && readers[ds.output] == 1 && res.is_none_or(|r| r == input);
+            let acts = [expand.map_or(Act::None, |e| e.1), da, pa];
+            (fits && linked).then_some((expanded, d, input, skip, acts))
+        });
+        let Some((expanded, d, input, skip, acts)) = chain else {
+            out.push(steps[i].take().expect("each step is taken once"));
+            i += 1;
+            continue;
+        };
+        let mut take = |j: usize| steps[j].take().expect("each step is taken once");
+        let e = expanded.then(|| take(i));
+        let (ds, ps) = (take(d), take(d + 1));
+        let node = [e.as_ref().map(|e| e.node.as_str()), Some(&ds.node), Some(&ps.node)]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let output = ps.output;
+        let dense = |s: Step| match s.op {
+            Op::Conv { conv: ConvKind::Dense(c), .. } => c,
+            _ => unreachable!("matched as dense above"),
+        };
+        let Op::Conv { conv: ConvKind::Depthwise(dw), .. } = ds.op else { unreachable!("matched as depthwise above") };
+        let block = MbConv::new(e.map(dense), dw, dense(ps), skip, acts).expect("checked by MbConv::fits above");
+        out.push(Step { op: Op::MbConv(block), input, output, node });
+        i = d + 2;
+    }
+    out
 }
 
 impl ConvKind {
