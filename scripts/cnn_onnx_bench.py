@@ -18,7 +18,10 @@ off) compare the work done when other processes share the cores.
 
   pip install onnxruntime onnx numpy
   python3 scripts/cnn_onnx_bench.py [--threads 2] [--images 8] [--rounds 3]
-      [--efficientnet-lite X.pth ...] [--onnx NAME=PATH ...]
+      [--efficientnet-lite X.pth ...] [--onnx NAME=PATH ...] [--save-dir DIR [--build-only]]
+
+With --save-dir the graphs it builds are kept there; the bench builds them once that way with
+--build-only and runs them through ensembed's own ONNX executor too, beside onnxruntime.
 """
 
 import argparse
@@ -237,9 +240,15 @@ def main():
                     help="an efficientnet-lite{0-4}-*.pth checkpoint (repeatable)")
     ap.add_argument("--onnx", action="append", default=[], metavar="NAME=PATH",
                     help="an ONNX file to time as it is (repeatable)")
+    ap.add_argument("--save-dir", type=Path, metavar="DIR",
+                    help="write the graphs it builds here (r50.onnx, lite{v}.onnx) and keep them")
+    ap.add_argument("--build-only", action="store_true", help="build the graphs, time nothing")
     a = ap.parse_args()
     sides = {0: 224, 1: 240, 2: 260, 3: 280, 4: 300}
     with tempfile.TemporaryDirectory() as tmp:
+        if a.save_dir:
+            a.save_dir.mkdir(parents=True, exist_ok=True)
+            tmp = a.save_dir
         models = [("ResNet-50", Path(tmp) / "r50.onnx")]
         resnet50(models[0][1])
         for pth in a.efficientnet_lite:
@@ -249,6 +258,8 @@ def main():
         for spec in a.onnx:
             name, _, path = spec.partition("=")
             models.append((name, Path(path)))
+        if a.build_only:
+            return
         for name, path in models:
             for batch, (ips, per_cpu) in bench(path, a.threads, a.images, a.rounds).items():
                 row = {"model": name, "batch": batch, "threads": a.threads, "images_per_s": ips, "images_per_cpu_s": per_cpu}

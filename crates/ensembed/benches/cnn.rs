@@ -14,7 +14,10 @@
 //! drift of the machine's speed over minutes reaches both sides alike. Images per
 //! CPU-second (process CPU time, all threads) are printed beside images per second: when other
 //! processes share the cores, they compare the work each implementation does, which wall time
-//! cannot; with ENSEMBED_BENCH_THREADS=1 neither side has idle threads spinning.
+//! cannot; with ENSEMBED_BENCH_THREADS=1 neither side has idle threads spinning. A last table
+//! runs the very ONNX files onnxruntime ran through ensembed's own ONNX executor (the script
+//! keeps the graphs it builds with `--save-dir`; the CIFAR ResNets are the exports), in the same
+//! alternating rounds, with each checkpoint twin's preprocessing.
 //!
 //! `cargo bench -p ensembed --bench cnn`. ENSEMBED_BENCH_THREADS sets rayon's threads (default
 //! 2), ENSEMBED_BENCH_IMAGES the images per architecture (default 16); ENSEMBED_BENCH_LAYERS=1
@@ -33,7 +36,7 @@ use std::time::Instant;
 use ensembed::backbone::cnn::{
     Act, CnnModel, Conv2d, Fmap, Padding, Parallelism, PreprocessOverride, Workspace,
 };
-use ensembed::backbone::{Backbone, RgbImage, StateDict, Tensor};
+use ensembed::backbone::{Backbone, OnnxModel, RgbImage, StateDict, Tensor};
 use ensembed::kernels::{matmul, Layout};
 use rand::{Rng, SeedableRng};
 
@@ -464,6 +467,29 @@ fn main() {
             (name.clone(), path)
         })
         .collect();
+    // The same graphs through ensembed's own ONNX executor: the ones the script builds (kept
+    // with --save-dir) and the CIFAR exports, each with its checkpoint twin's preprocessing so
+    // that both see the same input maps.
+    let graphs = onnx_graphs(&python, &root, export_dir.path());
+    let onnx_models: Vec<(String, OnnxModel, &[RgbImage])> = models
+        .iter()
+        .filter_map(|(name, m, imgs)| {
+            let path = match name.as_str() {
+                n if n.starts_with("ResNet-50") => export_dir.path().join("r50.onnx"),
+                n if n.starts_with("EfficientNet-Lite") => export_dir.path().join(format!("lite{}.onnx", &n[17..])),
+                n => exported.iter().find(|(e, _)| e == n)?.1.clone(),
+            };
+            let p = m.preprocess();
+            let over = PreprocessOverride { resize: Some(p.resize), crop: Some(p.crop), mean: Some(p.mean), std: Some(p.std) };
+            let model = OnnxModel::load(&path, &over).ok()?;
+            pool.install(|| model.features_with(&imgs[..threads], Parallelism::Images).unwrap());
+            Some((name.clone(), model, *imgs))
+        })
+        .collect();
+    if let Err(e) = graphs {
+        println!("ensembed's ONNX executor: only the exported CIFAR ResNets ({e})");
+    }
+    let mut best_onnx = vec![(0f64, 0f64); onnx_models.len()]; // (img/s, img/CPU-s)
     let mut best = vec![(0f64, 0f64, 0f64); models.len()]; // (img/s, img/s gemm, img/CPU-s)
     let mut ort: BTreeMap<(String, u64), (f64, f64)> = BTreeMap::new();
     let mut ort_error = None;
@@ -479,6 +505,14 @@ fn main() {
             let t = Instant::now();
             pool.install(|| m.features_with(&imgs[..k], Parallelism::Gemm).unwrap());
             best.1 = best.1.max(k as f64 / t.elapsed().as_secs_f64());
+        }
+        for ((_, m, imgs), best) in onnx_models.iter().zip(best_onnx.iter_mut()) {
+            let (t, cpu) = (Instant::now(), cpu_seconds());
+            pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap());
+            best.0 = best.0.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
+            if let (Some(a), Some(b)) = (cpu, cpu_seconds()) {
+                best.1 = best.1.max(imgs.len() as f64 / (b - a).max(0.01));
+            }
         }
         if ort_error.is_none() {
             match onnxruntime_round(&python, &root, threads, n.min(8), &exported) {
@@ -523,6 +557,38 @@ fn main() {
             cpu / ort_cpu
         );
     }
+    println!("\nensembed's ONNX executor on the same graphs (one image per thread), against onnxruntime's better batch");
+    println!("{:<28} {:>10} {:>10} {:>16} {:>16}", "graph", "img/s", "img/CPU-s", "ensembed / ort", "per CPU-second");
+    for ((name, ..), (ips, per_cpu)) in onnx_models.iter().zip(best_onnx) {
+        let theirs = ort.iter().filter(|((m, _), _)| name.starts_with(m.as_str())).map(|(_, v)| *v);
+        let (o, o_cpu) = theirs.fold((f64::NAN, f64::NAN), |(a, b), (c, d)| (a.max(c), b.max(d)));
+        println!("{name:<28} {ips:>10.1} {per_cpu:>10.1} {:>16.2} {:>16.2}", ips / o, per_cpu / o_cpu);
+    }
+}
+
+/// Builds the script's graphs into `dir` (`--save-dir DIR --build-only`), for ensembed's ONNX
+/// executor to run the very files onnxruntime runs.
+fn onnx_graphs(python: &str, root: &Path, dir: &Path) -> Result<(), String> {
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(root.join("scripts/cnn_onnx_bench.py")).arg("--save-dir").arg(dir).arg("--build-only");
+    lite_checkpoints(&mut cmd);
+    let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    Ok(())
+}
+
+/// `--efficientnet-lite PTH` for each checkpoint under ENSEMBED_EFFICIENTNET_LITE_DIR.
+fn lite_checkpoints(cmd: &mut std::process::Command) {
+    if let Ok(d) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR") {
+        for v in 0..3 {
+            if let Some(p) = find_file(Path::new(&d), &format!("efficientnet-lite{v}-")) {
+                cmd.arg("--efficientnet-lite").arg(p);
+            }
+        }
+    }
 }
 
 /// One round of onnxruntime on the same architectures, same threads
@@ -543,13 +609,7 @@ fn onnxruntime_round(
         "--rounds",
         "1",
     ]);
-    if let Ok(d) = std::env::var("ENSEMBED_EFFICIENTNET_LITE_DIR") {
-        for v in 0..3 {
-            if let Some(p) = find_file(Path::new(&d), &format!("efficientnet-lite{v}-")) {
-                cmd.arg("--efficientnet-lite").arg(p);
-            }
-        }
-    }
+    lite_checkpoints(&mut cmd);
     for (name, path) in onnx {
         cmd.arg("--onnx").arg(format!("{name}={}", path.display()));
     }
