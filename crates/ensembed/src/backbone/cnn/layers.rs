@@ -346,6 +346,38 @@ impl Conv2d {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding.resolve(1, 1, 1) == Some((1, 0))
     }
 
+    /// `act(conv(x) + bias + residual)` for output rows of a stride-1 convolution with packed
+    /// weights, read in place from `padded`, the band of its input those rows read with the
+    /// convolution's padding already in it, into memory that need not be initialised (every
+    /// float of `out` is written). Blocks that run in bands of rows call it on each band.
+    ///
+    /// # Shapes
+    /// `padded`: `[rows + kh - 1, ow + kw - 1, ic]`; `residual`, `out`: `[rows, ow, oc]`.
+    ///
+    /// # Panics
+    /// When the weights are not packed ([`Conv2d::packed`]), the stride is not 1, or a shape
+    /// disagrees.
+    pub(super) fn padded_band_uninit(
+        &self,
+        padded: &[f32],
+        ow: usize,
+        residual: Option<&[f32]>,
+        act: Act,
+        out: &mut [MaybeUninit<f32>],
+        threads: usize,
+    ) {
+        let ConvWeight::Packed(w) = &self.weight else { panic!("padded_band_uninit needs packed weights") };
+        assert_eq!(self.stride, 1, "padded_band_uninit at stride {}", self.stride);
+        let m = out.len() / self.oc;
+        assert!(ow > 0 && out.len() == m * self.oc && m.is_multiple_of(ow), "padded_band_uninit: out is not whole rows");
+        let wp = ow + self.kw - 1;
+        assert_eq!(padded.len(), (m / ow + self.kh - 1) * wp * self.ic, "padded_band_uninit: padded is not the band's input");
+        let (lo, hi) = act.bounds();
+        let epi = Epilogue { bias: &self.bias, residual, lo, hi };
+        let rows = ShiftedRows { x: padded, wp, c: self.ic, kh: self.kh, kw: self.kw, ow, first: 0 };
+        matmul_packed_shifted_uninit(out, &rows, w, m, &epi, threads);
+    }
+
     /// `act(x · W + bias + residual)` over a run of pixels, for a pointwise convolution, into
     /// memory that need not be initialised: every float of `out` is written. Blocks that run in
     /// bands of rows ([`super::mbconv`]) call it on each band.

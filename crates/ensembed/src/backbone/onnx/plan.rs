@@ -59,7 +59,7 @@ pub enum Op {
     Conv { conv: ConvKind, act: Act, residual: Option<usize> },
     /// A pointwise -> depthwise -> pointwise chain (MobileNetV2's and EfficientNet's block),
     /// run in bands of rows.
-    MbConv(MbConv),
+    MbConv(Box<MbConv>),
     Unary(Unary),
     /// `Add` (`mul == false`) or `Mul`.
     Binary { mul: bool, rhs: Rhs },
@@ -806,7 +806,7 @@ fn fuse_mbconv(steps: Vec<Step>, slots: usize) -> Vec<Step> {
         };
         let Op::Conv { conv: ConvKind::Depthwise(dw), .. } = ds.op else { unreachable!("matched as depthwise above") };
         let block = MbConv::new(e.map(dense), dw, dense(ps), skip, acts).expect("checked by MbConv::fits above");
-        out.push(Step { op: Op::MbConv(block), input, output, node });
+        out.push(Step { op: Op::MbConv(Box::new(block)), input, output, node });
         i = d + 2;
     }
     out
