@@ -15,6 +15,7 @@
 //! splitting each GEMM over the threads once there are at least as many images as threads
 //! (`benches/cnn.rs` measures both); a single image splits its GEMMs instead.
 
+pub(crate) mod bottleneck;
 mod depthwise;
 mod efficientnet;
 mod layers;

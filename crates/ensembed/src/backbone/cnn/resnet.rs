@@ -7,8 +7,7 @@
 //! shapes, so ResNet-18/34/50/101/152 and wide variants all load; strides are the published
 //! ones, since a state dict does not store them. Batch norm eps is PyTorch's default, 1e-5.
 
-use std::mem::MaybeUninit;
-
+use super::bottleneck;
 use super::layers::{global_avg_pool, max_pool, Act, Conv2d, Fmap, Linear, Padding, Workspace};
 use super::{Net, Preprocess, Weights, IMAGENET_MEAN, IMAGENET_STD};
 use crate::backbone::onnx::{self, OnnxWriter};
@@ -62,18 +61,14 @@ struct Block {
     shortcut: Shortcut,
 }
 
-/// Bytes of the middle convolution's padded input a band of a bottleneck aims at (as
-/// [`super::mbconv`]'s bands: a quarter of a current core's L2).
-const BAND_BYTES: usize = 256 << 10;
-
 impl Block {
     fn forward(&self, x: Fmap, ws: &mut Workspace, threads: usize) -> Result<Fmap> {
-        if self.runs_in_bands() && x.c == self.convs[0].ic {
-            let prow = (x.w + 2) * self.convs[0].oc;
-            let band = (BAND_BYTES / 4 / prow.max(1)).saturating_sub(2).clamp(1, x.h.max(1));
-            let out = self.forward_bands(&x, band, ws, threads);
-            ws.recycle(x);
-            return Ok(out);
+        if let (Shortcut::Identity, [c1, c2, c3]) = (&self.shortcut, &self.convs[..]) {
+            if bottleneck::fits(c1, c2, c3) {
+                let out = bottleneck::forward(c1, c2, c3, &x, ws, threads)?;
+                ws.recycle(x);
+                return Ok(out);
+            }
         }
         self.forward_layers(x, ws, threads)
     }
@@ -106,82 +101,6 @@ impl Block {
         }
         ws.recycle(x);
         Ok(out)
-    }
-
-    /// Whether the block runs in bands of rows ([`Block::forward_bands`]): a bottleneck with an
-    /// identity shortcut, pointwise outer convolutions, a 3x3 stride-1 middle one padded by 1,
-    /// and packed weights (the AVX-512 path).
-    fn runs_in_bands(&self) -> bool {
-        let [c1, c2, c3] = &self.convs[..] else { return false };
-        matches!(self.shortcut, Shortcut::Identity)
-            && c1.is_pointwise()
-            && c3.is_pointwise()
-            && (c2.kh, c2.kw, c2.stride, c2.padding) == (3, 3, 1, Padding::Symmetric(1))
-            && c2.ic == c1.oc
-            && c3.ic == c2.oc
-            && c2.packed()
-    }
-
-    /// The bottleneck in bands of `band` output rows: the first 1x1 convolution writes the rows
-    /// a band's 3x3 convolution reads straight into a zero-bordered buffer (keeping the two
-    /// rows it shares with the next band), the 3x3 convolution reads them in place, and the last
-    /// 1x1 convolution adds the input and writes the block's rows; the two narrow maps between
-    /// them never leave L2, and the middle convolution needs no padded copy of its input. Each
-    /// float is the same sum as layer by layer (tested bit for bit).
-    ///
-    /// # Shapes
-    /// `x`: `[h, w, c]`; returns `[h, w, c]`.
-    fn forward_bands(&self, x: &Fmap, band: usize, ws: &mut Workspace, threads: usize) -> Fmap {
-        let [c1, c2, c3] = &self.convs[..] else { unreachable!("checked by runs_in_bands") };
-        let (h, w, mid, oc) = (x.h, x.w, c1.oc, c3.oc);
-        // The padded buffer: row r holds the first convolution's row oy0 + r - 1 of the band
-        // starting at oy0, between one zero pixel on each side (never written, so zero).
-        let prow = (w + 2) * mid;
-        let mut p = ws.take((band + 2) * prow);
-        p.fill(0.0);
-        let mut t = ws.take_spare((band + 2) * w * mid);
-        let mut d = ws.take_spare(band * w * mid);
-        let mut out = ws.take_spare(h * w * oc);
-        let (mut done, mut last_rows) = (0, 0);
-        let mut oy0 = 0;
-        while oy0 < h {
-            let oy1 = (oy0 + band).min(h);
-            let rows = oy1 - oy0;
-            if oy0 > 0 {
-                // Rows oy0 - 1 and oy0, the last band's bottom two.
-                p.copy_within(last_rows * prow..(last_rows + 2) * prow, 0);
-            }
-            // The first convolution's rows not computed yet, into their place in `p`.
-            let (g0, g1) = (done, (oy1 + 1).min(h));
-            let t = &mut t.spare_capacity_mut()[..(g1 - g0) * w * mid];
-            c1.pointwise_uninit(&x.data[g0 * w * x.c..g1 * w * x.c], None, Act::Relu, t, threads);
-            // SAFETY: `pointwise_uninit` wrote every float of `t`.
-            let t: &[f32] = unsafe { &*(t as *const [MaybeUninit<f32>] as *const [f32]) };
-            for (g, row) in (g0..g1).zip(t.chunks_exact(w * mid)) {
-                let r = g + 1 - oy0;
-                p[r * prow + mid..r * prow + mid + w * mid].copy_from_slice(row);
-            }
-            done = g1;
-            if oy1 == h {
-                // Below the map: zeros (a row of an earlier band may be there).
-                p[(rows + 1) * prow..(rows + 2) * prow].fill(0.0);
-            }
-            let dst = &mut d.spare_capacity_mut()[..rows * w * mid];
-            c2.padded_band_uninit(&p[..(rows + 2) * prow], w, None, Act::Relu, dst, threads);
-            // SAFETY: as above.
-            let mid_rows: &[f32] = unsafe { &*(dst as *const [MaybeUninit<f32>] as *const [f32]) };
-            let res = &x.data[oy0 * w * oc..oy1 * w * oc];
-            let dst = &mut out.spare_capacity_mut()[oy0 * w * oc..oy1 * w * oc];
-            c3.pointwise_uninit(mid_rows, Some(res), Act::Relu, dst, threads);
-            last_rows = rows;
-            oy0 = oy1;
-        }
-        // SAFETY: the bands cover rows 0..h, and `pointwise_uninit` wrote every float.
-        unsafe { out.set_len(h * w * oc) };
-        ws.give(p);
-        ws.give(t);
-        ws.give(d);
-        Fmap { h, w, c: oc, data: out }
     }
 
     /// Writes the block as ONNX nodes (shortcut first, as [`Block::forward`] computes it, so
@@ -535,39 +454,28 @@ mod tests {
 
     use super::*;
 
+    /// A bottleneck with an identity shortcut runs in bands ([`bottleneck`]), with the bits of
+    /// the block layer by layer.
     #[test]
-    fn bottleneck_bands_give_the_same_bits_as_layer_by_layer() {
+    fn identity_bottlenecks_run_in_bands_with_the_same_bits() {
         if !crate::kernels::packed_available() {
-            eprintln!("SKIP bottleneck_bands_give_the_same_bits_as_layer_by_layer: bands need the AVX-512 kernel");
+            eprintln!("SKIP identity_bottlenecks_run_in_bands_with_the_same_bits: bands need the AVX-512 kernel");
             return;
         }
         let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| r.random_range(-0.5..0.5)).collect() };
         let mut ws = Workspace::default();
-        // (h, w, outer channels, middle channels): ResNet-50's 7x7 stage in small, odd sizes, a
-        // single row, middle channels that are not a multiple of 16.
-        for (h, w, c4, c) in [(7, 7, 64, 16), (13, 9, 48, 24), (1, 5, 32, 16), (20, 3, 16, 40)] {
-            let conv = |wt: Vec<f32>, b: Vec<f32>, o: usize, i: usize, k: usize| {
-                Conv2d::from_oihw(&wt, b, [o, i, k, k], 1, Padding::Symmetric(k / 2))
-            };
-            let convs = vec![
-                conv(random(c * c4), random(c), c, c4, 1),
-                conv(random(c * c * 9), random(c), c, c, 3),
-                conv(random(c4 * c), random(c4), c4, c, 1),
-            ];
-            let b = Block { convs, shortcut: Shortcut::Identity };
-            assert!(b.runs_in_bands());
-            let x = Fmap { h, w, c: c4, data: random(h * w * c4) };
-            let want = b.forward_layers(x.clone(), &mut ws, 1).unwrap();
-            for band in 1..=h + 1 {
-                let got = b.forward_bands(&x, band, &mut ws, 1);
-                assert_eq!((got.h, got.w, got.c), (h, w, c4));
-                let same = got.data.iter().zip(&want.data).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{h}x{w}x{c4} (middle {c}), bands of {band} rows: differs");
-            }
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-            let got = pool.install(|| b.forward(x.clone(), &mut ws, 2).unwrap());
-            assert_eq!(got, want);
-        }
+        let (h, w, c4, c) = (13, 9, 48, 24);
+        let conv = |wt: Vec<f32>, b: Vec<f32>, o: usize, i: usize, k: usize| Conv2d::from_oihw(&wt, b, [o, i, k, k], 1, Padding::Symmetric(k / 2));
+        let convs = vec![
+            conv(random(c * c4), random(c), c, c4, 1),
+            conv(random(c * c * 9), random(c), c, c, 3),
+            conv(random(c4 * c), random(c4), c4, c, 1),
+        ];
+        assert!(bottleneck::fits(&convs[0], &convs[1], &convs[2]));
+        let b = Block { convs, shortcut: Shortcut::Identity };
+        let x = Fmap { h, w, c: c4, data: random(h * w * c4) };
+        let want = b.forward_layers(x.clone(), &mut ws, 1).unwrap();
+        assert_eq!(b.forward(x, &mut ws, 1).unwrap(), want);
     }
 }

@@ -5,7 +5,7 @@
 //! graph can ask for a padding or a map far larger than its file.
 
 use super::plan::{ConvKind, Op, Plan, Rhs, Unary};
-use crate::backbone::cnn::{global_avg_pool, max_pool, softmax, Act, Fmap, Padding, Workspace};
+use crate::backbone::cnn::{bottleneck, global_avg_pool, max_pool, softmax, Act, Fmap, Padding, Workspace};
 use crate::error::{Error, Result};
 
 /// Largest value (floats) a step may produce: 1 GiB.
@@ -117,6 +117,11 @@ fn step(op: &Op, input: usize, vals: &[Option<Val>], ws: &mut Workspace, threads
             let (oh, ow) = b.depthwise.out_size(x.h, x.w)?;
             check_size("MBConv", oh, ow, b.project.oc)?;
             map(b.forward(x, ws, threads)?)
+        }
+        Op::Bottleneck(c) => {
+            let x = map_input(v, "bottleneck")?;
+            check_size("bottleneck", x.h, x.w, c[2].oc)?;
+            map(bottleneck::forward(&c[0], &c[1], &c[2], x, ws, threads)?)
         }
         Op::Unary(u) => {
             let mut out = ws.fmap(v.map.h, v.map.w, v.map.c);

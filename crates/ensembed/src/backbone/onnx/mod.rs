@@ -128,6 +128,7 @@ impl OnnxModel {
             match &st.op {
                 Op::Conv { conv, .. } => return conv.out_channels(),
                 Op::MbConv(b) => return b.project.oc,
+                Op::Bottleneck(c) => return c[2].oc,
                 Op::Linear(l) => return l.outputs,
                 Op::Affine { scale, .. } => return scale.len(),
                 Op::Pad { before, after } => return self.channels_of(st.input) + before[2] + after[2],
@@ -148,10 +149,11 @@ impl OnnxModel {
     pub fn describe(&self) -> String {
         let convs = self.plan.steps.iter().filter(|s| matches!(s.op, Op::Conv { .. })).count();
         let blocks = self.plan.steps.iter().filter(|s| matches!(s.op, Op::MbConv(_))).count();
+        let bottlenecks = self.plan.steps.iter().filter(|s| matches!(s.op, Op::Bottleneck(_))).count();
         let (h, w) = (self.plan.input_shape[2], self.plan.input_shape[3]);
         let dim = |d: Option<usize>| d.map_or("?".to_string(), |v| v.to_string());
         format!(
-            "ONNX opset {} from '{}': {} steps ({convs} convolutions and {blocks} MBConv blocks after fusion); graph input '{}' [N,3,{},{}]; pooled {}; {}; preprocessing: {}",
+            "ONNX opset {} from '{}': {} steps ({convs} convolutions, {blocks} MBConv blocks and {bottlenecks} bottlenecks after fusion); graph input '{}' [N,3,{},{}]; pooled {}; {}; preprocessing: {}",
             self.opset,
             self.producer,
             self.plan.steps.len(),

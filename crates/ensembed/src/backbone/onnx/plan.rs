@@ -14,7 +14,7 @@ use std::path::Path;
 
 use super::attrs::Attrs;
 use super::proto::{AttrValue, Graph, Node, Tensor, TensorData, DT_FLOAT};
-use crate::backbone::cnn::{fold_batch_norm, Act, BatchNorm, Conv2d, DepthwiseConv2d, Linear, MbConv, Padding};
+use crate::backbone::cnn::{bottleneck, fold_batch_norm, Act, BatchNorm, Conv2d, DepthwiseConv2d, Linear, MbConv, Padding};
 use crate::error::{Error, Result};
 
 /// Largest padding accepted on any side (far beyond what any CNN uses; bounds the maps a
@@ -60,6 +60,9 @@ pub enum Op {
     /// A pointwise -> depthwise -> pointwise chain (MobileNetV2's and EfficientNet's block),
     /// run in bands of rows.
     MbConv(Box<MbConv>),
+    /// ResNet's bottleneck with an identity shortcut (1x1, 3x3, 1x1, ReLU after each, the input
+    /// added before the last), run in bands of rows ([`crate::backbone::cnn::bottleneck`]).
+    Bottleneck(Box<[Conv2d; 3]>),
     Unary(Unary),
     /// `Add` (`mul == false`) or `Mul`.
     Binary { mul: bool, rhs: Rhs },
@@ -732,7 +735,7 @@ impl Planner<'_> {
             steps.push(Step { op, input, output: i + 1, node: s.node });
         }
         let slots = steps.len() + 1;
-        let steps = fuse_mbconv(steps, slots);
+        let steps = fuse_bottlenecks(fuse_mbconv(steps, slots), slots);
         let pooled = steps
             .iter()
             .rposition(|s| matches!(s.op, Op::GlobalAvgPool { .. }))
@@ -748,14 +751,7 @@ impl Planner<'_> {
 /// whose expanded channels stay in cache ([`MbConv`]), with the same bits as step by step. The
 /// dropped steps' slots are simply never written.
 fn fuse_mbconv(steps: Vec<Step>, slots: usize) -> Vec<Step> {
-    let mut readers = vec![0usize; slots];
-    for s in &steps {
-        readers[s.input] += 1;
-        match &s.op {
-            Op::Conv { residual: Some(r), .. } | Op::Binary { rhs: Rhs::Slot(r), .. } => readers[*r] += 1,
-            _ => {}
-        }
-    }
+    let readers = readers(&steps, slots);
     // A convolution step as (convolution, activation, residual).
     fn conv(s: &Step) -> Option<(&ConvKind, Act, Option<usize>)> {
         match &s.op {
@@ -810,6 +806,66 @@ fn fuse_mbconv(steps: Vec<Step>, slots: usize) -> Vec<Step> {
         i = d + 2;
     }
     out
+}
+
+/// Replaces each chain of three dense convolution steps that [`bottleneck::fits`] (1x1, 3x3
+/// stride 1, 1x1), each with a ReLU, the last adding the chain's input, and whose intermediate
+/// values have no other reader, by one [`Op::Bottleneck`] step: the same bits, in bands of rows.
+fn fuse_bottlenecks(steps: Vec<Step>, slots: usize) -> Vec<Step> {
+    let readers = readers(&steps, slots);
+    // A dense convolution step with a ReLU, as (convolution, residual).
+    fn dense(s: &Step) -> Option<(&Conv2d, Option<usize>)> {
+        match &s.op {
+            Op::Conv { conv: ConvKind::Dense(c), act: Act::Relu, residual } => Some((c, *residual)),
+            _ => None,
+        }
+    }
+    let chain = |w: &[Step]| -> Option<()> {
+        let [a, b, c] = w else { return None };
+        let ((c1, None), (c2, None), (c3, Some(r))) = (dense(a)?, dense(b)?, dense(c)?) else { return None };
+        let linked = b.input == a.output && c.input == b.output && r == a.input;
+        let sole = readers[a.output] == 1 && readers[b.output] == 1;
+        (linked && sole && bottleneck::fits(c1, c2, c3)).then_some(())
+    };
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    let mut it = steps.into_iter();
+    let mut window: Vec<Step> = Vec::new();
+    loop {
+        while window.len() < 3 {
+            match it.next() {
+                Some(s) => window.push(s),
+                None => break,
+            }
+        }
+        if window.is_empty() {
+            return out;
+        }
+        if window.len() == 3 && chain(&window).is_some() {
+            let [a, b, c]: [Step; 3] = std::mem::take(&mut window).try_into().unwrap_or_else(|_| unreachable!("three steps"));
+            let node = format!("{} + {} + {}", a.node, b.node, c.node);
+            let (input, output) = (a.input, c.output);
+            let conv = |s: Step| match s.op {
+                Op::Conv { conv: ConvKind::Dense(c), .. } => c,
+                _ => unreachable!("matched as dense above"),
+            };
+            out.push(Step { op: Op::Bottleneck(Box::new([conv(a), conv(b), conv(c)])), input, output, node });
+        } else {
+            out.push(window.remove(0));
+        }
+    }
+}
+
+/// Readers of each slot: step inputs, residuals and second operands.
+fn readers(steps: &[Step], slots: usize) -> Vec<usize> {
+    let mut readers = vec![0usize; slots];
+    for s in steps {
+        readers[s.input] += 1;
+        match &s.op {
+            Op::Conv { residual: Some(r), .. } | Op::Binary { rhs: Rhs::Slot(r), .. } => readers[*r] += 1,
+            _ => {}
+        }
+    }
+    readers
 }
 
 impl ConvKind {
