@@ -64,7 +64,11 @@ impl MbConv {
             return Err(Error::shape("MBConv input channels", self.ic(), x.c));
         }
         let dw = &self.depthwise;
-        let (oh, _) = dw.out_size(x.h, x.w)?;
+        let (oh, ow) = dw.out_size(x.h, x.w)?;
+        if self.skip && (oh, ow) != (x.h, x.w) {
+            // A padding that shrinks the map (an ONNX graph's pads): the sum cannot be formed.
+            return Err(Error::shape("MBConv residual", format!("{oh}x{ow}x{}", self.project.oc), format!("{}x{}x{}", x.h, x.w, x.c)));
+        }
         // Output rows per band: as many as keep the expanded rows they read near BAND_BYTES.
         let band = (BAND_BYTES / 4 / (dw.stride * x.w * dw.c).max(1)).clamp(1, oh.max(1));
         Ok(self.forward_bands(x, band, ws, threads))
@@ -221,5 +225,10 @@ mod tests {
         let x = Fmap { h: 4, w: 4, c: 8, data: vec![0.0; 128] };
         let e = b.forward(&x, &mut Workspace::default(), 1).unwrap_err().to_string();
         assert!(e.contains("MBConv input channels") && e.contains("16") && e.contains('8'), "{e}");
+        // A skip over a depthwise convolution whose padding shrinks the map.
+        let valid = DepthwiseConv2d::from_oihw(&[0.0; 16 * 9], vec![0.0; 16], 16, 3, 1, Padding::Symmetric(0));
+        let b = MbConv::new(Some(pw(8, 16)), valid, pw(16, 8), true, acts).unwrap();
+        let e = b.forward(&x, &mut Workspace::default(), 1).unwrap_err().to_string();
+        assert!(e.contains("MBConv residual") && e.contains("2x2x8") && e.contains("4x4x8"), "{e}");
     }
 }
