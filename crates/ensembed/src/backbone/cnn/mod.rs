@@ -9,7 +9,9 @@
 //! EfficientNet-Lite0..4 as ported by `efficientnet_lite_pytorch` (see each module). `layers.rs`
 //! holds the arithmetic: NHWC maps, 1x1 convolutions as one GEMM, the others over an im2col
 //! block or, at stride 1 with packed weights, over the padded input in place
-//! (`kernels/packed.rs`); `depthwise.rs` the depthwise convolution.
+//! (`kernels/packed.rs`); `depthwise.rs` the depthwise convolution; `mbconv.rs` and
+//! `bottleneck.rs` the two blocks that run in bands of rows, so that their intermediate maps
+//! stay in L2 (EfficientNet's MBConv, ResNet's identity bottleneck; ONNX graphs use them too).
 //!
 //! Images run in parallel, one per rayon thread with single-threaded GEMMs, which beats
 //! splitting each GEMM over the threads once there are at least as many images as threads
