@@ -639,6 +639,22 @@ fn efficientnet_lite(variant: usize) -> Option<PathBuf> {
     None
 }
 
+/// A Lite checkpoint whose expansion does not lead into its depthwise convolution (97 output
+/// channels for the 96 the depthwise convolution has) is a format error naming the file and
+/// the block, not a panic.
+#[test]
+fn efficientnet_lite_with_a_block_that_does_not_chain_is_a_clear_error() {
+    let Some(path) = efficientnet_lite(0) else { return };
+    let mut sd = ensembed::backbone::load_checkpoint(&path).unwrap();
+    let t = |shape: &[usize], v: f32| ensembed::backbone::Tensor { shape: shape.to_vec(), data: vec![v; shape.iter().product()] };
+    sd.tensors.insert("_blocks.1._expand_conv.weight".into(), t(&[97, 16, 1, 1], 0.01));
+    for (name, v) in [("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)] {
+        sd.tensors.insert(format!("_blocks.1._bn0.{name}"), t(&[97], v));
+    }
+    let e = CnnModel::from_state_dict(&sd, &PreprocessOverride::default()).unwrap_err().to_string();
+    assert!(e.contains("efficientnet-lite0") && e.contains("_blocks.1._expand_conv.weight") && e.contains("96-channel depthwise"), "{e}");
+}
+
 #[test]
 fn efficientnet_lite_classifies_the_coral_photos() {
     let Some(shared) = shared_dir("efficientnet_lite_classifies_the_coral_photos") else { return };

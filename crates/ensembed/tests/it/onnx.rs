@@ -578,6 +578,23 @@ fn onnx_graphs_that_would_loop_or_empty_a_map_are_errors() {
     let m = OnnxModel::from_bytes(&w.finish(), Path::new("empty.onnx"), &PreprocessOverride::default()).unwrap();
     let msg = m.features(&[image(4)]).unwrap_err().to_string();
     assert!(msg.contains("slice output") && msg.contains("8x8x0"), "{msg}");
+    // A fused MBConv chain whose expansion would make a map past the size limit (64x64 pixels
+    // of 2^17 channels, 2^29 values) is refused as the expansion step alone would be, though the
+    // block would only ever hold bands of it.
+    let mid = 1 << 17;
+    let mut w = OnnxWriter::new("x", [None, Some(3), Some(64), Some(64)]);
+    w.init_f32("e", &[mid, 3, 1, 1], &vec![0.0; 3 * mid]);
+    w.init_f32("d", &[mid, 1, 1, 1], &vec![0.0; mid]);
+    w.init_f32("p", &[1, mid, 1, 1], &vec![0.0; mid]);
+    w.node("Conv", &["x", "e"], &["ex"], &[]);
+    w.node("Conv", &["ex", "d"], &["dw"], &[("group", Attr::Int(mid as i64))]);
+    w.node("Conv", &["dw", "p"], &["pr"], &[]);
+    w.node("GlobalAveragePool", &["pr"], &["g"], &[]);
+    w.output("g");
+    let m = OnnxModel::from_bytes(&w.finish(), Path::new("wide.onnx"), &PreprocessOverride::default()).unwrap();
+    assert!(m.describe().contains("1 MBConv blocks"), "{}", m.describe());
+    let msg = m.features(&[image(4)]).unwrap_err().to_string();
+    assert!(msg.contains("MBConv expansion output") && msg.contains("64x64x131072"), "{msg}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -119,12 +119,19 @@ impl DepthwiseConv2d {
         // The input rows these outputs read, clipped to the map, must all be in the band.
         let need_lo = (oy0 * self.stride).saturating_sub(pt);
         let need_hi = ((oy0 + out_rows - 1) * self.stride + self.k).saturating_sub(pt).min(h);
-        assert!(first <= need_lo && need_hi <= first + rows, "depthwise band: rows {first}..{} lack {need_lo}..{need_hi}", first + rows);
-        // From its first needed row on, the band's own coordinates have `pt + need_lo - oy0 *
-        // stride` (>= 0) rows of padding above its first output row; rows past its end are
-        // either past the map or read by no output here, so taking them for padding is exact.
-        let band = &band[(need_lo - first) * w * c..];
-        let g = Window { h: rows - (need_lo - first), w, c, ow, k: self.k, stride: self.stride, pt: pt + need_lo - oy0 * self.stride, pl };
+        let g = if need_hi <= need_lo {
+            // Outputs whose windows lie wholly in the padding (a padding wider than the
+            // kernel): no input rows, bias only.
+            Window { h: 0, w, c, ow, k: self.k, stride: self.stride, pt: 0, pl }
+        } else {
+            assert!(first <= need_lo && need_hi <= first + rows, "depthwise band: rows {first}..{} lack {need_lo}..{need_hi}", first + rows);
+            // From its first needed row on, the band's own coordinates have `pt + need_lo - oy0
+            // * stride` (>= 0) rows of padding above its first output row; rows past its end are
+            // either past the map or read by no output here, so taking them for padding is exact.
+            let skip = need_lo - first;
+            Window { h: rows - skip, w, c, ow, k: self.k, stride: self.stride, pt: pt + need_lo - oy0 * self.stride, pl }
+        };
+        let band = &band[(band.len() - g.h * w * c)..];
         for (oy, row) in out.chunks_exact_mut(ow * c).enumerate() {
             depthwise_row(&g, band, &self.weight, &self.bias, oy, row, act);
         }

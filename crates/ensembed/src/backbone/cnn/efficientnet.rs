@@ -195,7 +195,14 @@ impl EfficientNetLite {
             // `id_skip` is set for every Lite block; the sum needs equal shapes.
             let skip = s.stride == 1 && s.input == s.output;
             let block = MbConv::new(expand, depthwise, project, skip, [Act::Relu6, Act::Relu6, Act::None]);
-            blocks_out.push(block.expect("the block list chains by construction"));
+            let block = block.ok_or_else(|| {
+                Error::format(
+                    w.path(),
+                    format!("{p}._expand_conv.weight / {p}._project_conv.weight"),
+                    format!("do not make an MBConv block around the {mid}-channel depthwise convolution (1x1 convolutions {} -> {mid} -> {} expected)", s.input, s.output),
+                )
+            })?;
+            blocks_out.push(block);
         }
         let last = specs.last().map_or(32, |s| s.output);
         let head_conv = w.conv_bn("_conv_head", "_bn1", last, 1, Padding::Same, EPS)?;

@@ -100,6 +100,8 @@ impl MbConv {
             let need_lo = (oy0 * s).saturating_sub(pt);
             let need_hi = ((oy1 - 1) * s + k).saturating_sub(pt).min(h);
             let (rows, first): (&[f32], usize) = match &self.expand {
+                // Output rows whose windows lie wholly in the padding: they read no input row.
+                _ if need_hi <= need_lo => (&[], 0),
                 Some(expand) => {
                     // Keep the rows shared with the last band (the bands move down, so `lo`
                     // never passes `need_lo`), then expand the new ones after them.
@@ -168,6 +170,10 @@ mod tests {
             (9, 8, 8, 3, 3, 1, Padding::Symmetric(1), 8),
             (11, 6, 20, 4, 3, 2, Padding::Symmetric(1), 12),
             (1, 1, 16, 6, 3, 1, Padding::Same, 16),
+            // Padding wider than the kernel (an ONNX graph may ask for it): bands whose
+            // windows lie wholly in the padding, above and below the map.
+            (6, 5, 16, 6, 3, 1, Padding::Explicit { before: 4, after: 5 }, 24),
+            (3, 4, 16, 1, 3, 2, Padding::Symmetric(5), 8),
         ];
         for (case, (h, w, ic, ratio, k, s, padding, oc)) in cases.into_iter().enumerate() {
             // MobileNetV2's and EfficientNet-Lite's activations, and others an ONNX graph may fuse.

@@ -114,13 +114,16 @@ fn step(op: &Op, input: usize, vals: &[Option<Val>], ws: &mut Workspace, threads
         }
         Op::MbConv(b) => {
             let x = map_input(v, "MBConv")?;
+            // The maps the steps would have made, though the block holds only bands of them.
             let (oh, ow) = b.depthwise.out_size(x.h, x.w)?;
+            check_size("MBConv expansion", x.h, x.w, b.depthwise.c)?;
+            check_size("MBConv depthwise convolution", oh, ow, b.depthwise.c)?;
             check_size("MBConv", oh, ow, b.project.oc)?;
             map(b.forward(x, ws, threads)?)
         }
         Op::Bottleneck(c) => {
             let x = map_input(v, "bottleneck")?;
-            check_size("bottleneck", x.h, x.w, c[2].oc)?;
+            check_size("bottleneck", x.h, x.w, c[0].oc.max(c[2].oc))?;
             map(bottleneck::forward(&c[0], &c[1], &c[2], x, ws, threads)?)
         }
         Op::Unary(u) => {
