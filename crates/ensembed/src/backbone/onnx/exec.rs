@@ -24,11 +24,8 @@ pub struct Val {
 pub fn last_uses(plan: &Plan) -> Vec<usize> {
     let mut last = vec![usize::MAX; plan.slots];
     for (i, s) in plan.steps.iter().enumerate() {
-        last[s.input] = i;
-        match &s.op {
-            Op::Conv { residual: Some(r), .. } => last[*r] = i,
-            Op::Binary { rhs: Rhs::Slot(r), .. } => last[*r] = i,
-            _ => {}
+        for r in s.reads() {
+            last[r] = i;
         }
     }
     last

@@ -9,7 +9,7 @@
 //! The batch dimension is always 1 here: images run one at a time (in parallel), so every
 //! runtime value is an NCHW tensor of one image (held NHWC as an [`Fmap`]) or a `[1, d]` row.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use super::attrs::Attrs;
@@ -91,6 +91,17 @@ pub struct Step {
     pub output: usize,
     /// The ONNX node, for errors ("Conv node 'conv1' (graph.node[0])").
     pub node: String,
+}
+
+impl Step {
+    /// The slots this step reads: its input, and a residual or a second operand.
+    pub fn reads(&self) -> impl Iterator<Item = usize> {
+        let other = match &self.op {
+            Op::Conv { residual: Some(r), .. } | Op::Binary { rhs: Rhs::Slot(r), .. } => Some(*r),
+            _ => None,
+        };
+        std::iter::once(self.input).chain(other)
+    }
 }
 
 /// A planned graph.
@@ -735,7 +746,8 @@ impl Planner<'_> {
             steps.push(Step { op, input, output: i + 1, node: s.node });
         }
         let slots = steps.len() + 1;
-        let steps = fuse_bottlenecks(fuse_mbconv(steps, slots), slots);
+        let steps = fuse_runs(steps, slots, |run, readers| [3, 2].into_iter().find(|&n| run.len() >= n && is_mbconv(&run[..n], readers)), mbconv_of);
+        let steps = fuse_runs(steps, slots, |run, readers| (run.len() >= 3 && is_bottleneck(&run[..3], readers)).then_some(3), bottleneck_of);
         let pooled = steps
             .iter()
             .rposition(|s| matches!(s.op, Op::GlobalAvgPool { .. }))
@@ -745,127 +757,118 @@ impl Planner<'_> {
     }
 }
 
-/// Replaces each chain of steps `pointwise conv -> depthwise conv -> pointwise conv` (the
-/// expansion optional) whose intermediate values have no other reader, and whose residual, if
-/// any, is the chain's input, by one [`Op::MbConv`] step: the block then runs in bands of rows
-/// whose expanded channels stay in cache ([`MbConv`]), with the same bits as step by step. The
-/// dropped steps' slots are simply never written.
-fn fuse_mbconv(steps: Vec<Step>, slots: usize) -> Vec<Step> {
-    let readers = readers(&steps, slots);
-    // A convolution step as (convolution, activation, residual).
-    fn conv(s: &Step) -> Option<(&ConvKind, Act, Option<usize>)> {
-        match &s.op {
-            Op::Conv { conv, act, residual } => Some((conv, *act, *residual)),
-            _ => None,
-        }
+/// Rebuilds `steps` with each run of consecutive steps that `run_len` recognises at the front of
+/// what is left (it sees the readers of every slot) replaced by one step, whose op `fuse` makes
+/// from the run's ops, reading the run's first input and writing its last output: the block then
+/// runs in bands of rows, with the same bits as step by step. The dropped steps' slots are
+/// simply never written.
+fn fuse_runs(
+    steps: Vec<Step>,
+    slots: usize,
+    run_len: impl Fn(&[Step], &[usize]) -> Option<usize>,
+    fuse: impl Fn(Vec<Op>) -> Op,
+) -> Vec<Step> {
+    let mut readers = vec![0usize; slots];
+    for r in steps.iter().flat_map(Step::reads) {
+        readers[r] += 1;
     }
-    let mut steps: Vec<Option<Step>> = steps.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(steps.len());
-    let mut i = 0;
-    while i < steps.len() {
-        let at = |j: usize| steps.get(j).and_then(|s| s.as_ref());
-        // Where the depthwise step is: after an expansion at i, or at i itself.
-        let chain = [(true, i + 1), (false, i)].into_iter().find_map(|(expanded, d)| {
-            let (ds, ps) = (at(d)?, at(d + 1)?);
-            let (ConvKind::Depthwise(dw), da, None) = conv(ds)? else { return None };
-            let (ConvKind::Dense(p), pa, res) = conv(ps)? else { return None };
-            let (input, expand) = if expanded {
-                let es = at(i)?;
-                let (ConvKind::Dense(e), ea, None) = conv(es)? else { return None };
-                (ds.input == es.output && readers[es.output] == 1).then_some((es.input, Some((e, ea))))?
-            } else {
-                (ds.input, None)
-            };
-            let skip = res.is_some();
-            let fits = MbConv::fits(expand.map(|e| e.0), dw, p, skip);
-            let linked = ps.input == ds.output && readers[ds.output] == 1 && res.is_none_or(|r| r == input);
-            let acts = [expand.map_or(Act::None, |e| e.1), da, pa];
-            (fits && linked).then_some((expanded, d, input, skip, acts))
-        });
-        let Some((expanded, d, input, skip, acts)) = chain else {
-            out.push(steps[i].take().expect("each step is taken once"));
-            i += 1;
-            continue;
-        };
-        let mut take = |j: usize| steps[j].take().expect("each step is taken once");
-        let e = expanded.then(|| take(i));
-        let (ds, ps) = (take(d), take(d + 1));
-        let node = [e.as_ref().map(|e| e.node.as_str()), Some(&ds.node), Some(&ps.node)]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" + ");
-        let output = ps.output;
-        let dense = |s: Step| match s.op {
-            Op::Conv { conv: ConvKind::Dense(c), .. } => c,
-            _ => unreachable!("matched as dense above"),
-        };
-        let Op::Conv { conv: ConvKind::Depthwise(dw), .. } = ds.op else { unreachable!("matched as depthwise above") };
-        let block = MbConv::new(e.map(dense), dw, dense(ps), skip, acts).expect("checked by MbConv::fits above");
-        out.push(Step { op: Op::MbConv(Box::new(block)), input, output, node });
-        i = d + 2;
+    let mut rest = VecDeque::from(steps);
+    let mut out = Vec::with_capacity(rest.len());
+    while !rest.is_empty() {
+        match run_len(rest.make_contiguous(), &readers) {
+            Some(n) => {
+                let run: Vec<Step> = rest.drain(..n).collect();
+                let node = run.iter().map(|s| s.node.as_str()).collect::<Vec<_>>().join(" + ");
+                let (input, output) = (run[0].input, run[n - 1].output);
+                out.push(Step { op: fuse(run.into_iter().map(|s| s.op).collect()), input, output, node });
+            }
+            None => out.extend(rest.pop_front()),
+        }
     }
     out
 }
 
-/// Replaces each chain of three dense convolution steps that [`bottleneck::fits`] (1x1, 3x3
-/// stride 1, 1x1), each with a ReLU, the last adding the chain's input, and whose intermediate
-/// values have no other reader, by one [`Op::Bottleneck`] step: the same bits, in bands of rows.
-fn fuse_bottlenecks(steps: Vec<Step>, slots: usize) -> Vec<Step> {
-    let readers = readers(&steps, slots);
-    // A dense convolution step with a ReLU, as (convolution, residual).
-    fn dense(s: &Step) -> Option<(&Conv2d, Option<usize>)> {
-        match &s.op {
-            Op::Conv { conv: ConvKind::Dense(c), act: Act::Relu, residual } => Some((c, *residual)),
-            _ => None,
-        }
-    }
-    let chain = |w: &[Step]| -> Option<()> {
-        let [a, b, c] = w else { return None };
-        let ((c1, None), (c2, None), (c3, Some(r))) = (dense(a)?, dense(b)?, dense(c)?) else { return None };
-        let linked = b.input == a.output && c.input == b.output && r == a.input;
-        let sole = readers[a.output] == 1 && readers[b.output] == 1;
-        (linked && sole && bottleneck::fits(c1, c2, c3)).then_some(())
-    };
-    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
-    let mut it = steps.into_iter();
-    let mut window: Vec<Step> = Vec::new();
-    loop {
-        while window.len() < 3 {
-            match it.next() {
-                Some(s) => window.push(s),
-                None => break,
-            }
-        }
-        if window.is_empty() {
-            return out;
-        }
-        if window.len() == 3 && chain(&window).is_some() {
-            let [a, b, c]: [Step; 3] = std::mem::take(&mut window).try_into().unwrap_or_else(|_| unreachable!("three steps"));
-            let node = format!("{} + {} + {}", a.node, b.node, c.node);
-            let (input, output) = (a.input, c.output);
-            let conv = |s: Step| match s.op {
-                Op::Conv { conv: ConvKind::Dense(c), .. } => c,
-                _ => unreachable!("matched as dense above"),
-            };
-            out.push(Step { op: Op::Bottleneck(Box::new([conv(a), conv(b), conv(c)])), input, output, node });
-        } else {
-            out.push(window.remove(0));
-        }
+/// A convolution step as (convolution, activation, residual).
+fn conv_of(s: &Step) -> Option<(&ConvKind, Act, Option<usize>)> {
+    match &s.op {
+        Op::Conv { conv, act, residual } => Some((conv, *act, *residual)),
+        _ => None,
     }
 }
 
-/// Readers of each slot: step inputs, residuals and second operands.
-fn readers(steps: &[Step], slots: usize) -> Vec<usize> {
-    let mut readers = vec![0usize; slots];
-    for s in steps {
-        readers[s.input] += 1;
-        match &s.op {
-            Op::Conv { residual: Some(r), .. } | Op::Binary { rhs: Rhs::Slot(r), .. } => readers[*r] += 1,
-            _ => {}
+/// Whether `run` is `pointwise conv -> depthwise conv -> pointwise conv` (the expansion
+/// optional) that makes an [`MbConv`], whose intermediate values have no other reader, and whose
+/// residual, if any, is the run's input.
+fn is_mbconv(run: &[Step], readers: &[usize]) -> bool {
+    let (expand, ds, ps) = match run {
+        [e, d, p] => (Some(e), d, p),
+        [d, p] => (None, d, p),
+        _ => return false,
+    };
+    let (Some((ConvKind::Depthwise(dw), _, None)), Some((ConvKind::Dense(p), _, res))) = (conv_of(ds), conv_of(ps)) else {
+        return false;
+    };
+    let (input, e) = match expand {
+        Some(es) => {
+            let Some((ConvKind::Dense(e), _, None)) = conv_of(es) else { return false };
+            if ds.input != es.output || readers[es.output] != 1 {
+                return false;
+            }
+            (es.input, Some(e))
+        }
+        None => (ds.input, None),
+    };
+    let linked = ps.input == ds.output && readers[ds.output] == 1 && res.is_none_or(|r| r == input);
+    linked && MbConv::fits(e, dw, p, res.is_some())
+}
+
+/// The [`Op::MbConv`] of a run [`is_mbconv`] recognised.
+fn mbconv_of(ops: Vec<Op>) -> Op {
+    let mut parts: Vec<(ConvKind, Act, bool)> = ops
+        .into_iter()
+        .map(|op| match op {
+            Op::Conv { conv, act, residual } => (conv, act, residual.is_some()),
+            _ => unreachable!("recognised as convolutions"),
+        })
+        .collect();
+    let Some((ConvKind::Dense(p), pa, skip)) = parts.pop() else { unreachable!("recognised as dense") };
+    let Some((ConvKind::Depthwise(dw), da, _)) = parts.pop() else { unreachable!("recognised as depthwise") };
+    let expand = parts.pop().map(|(c, a, _)| match c {
+        ConvKind::Dense(e) => (e, a),
+        ConvKind::Depthwise(_) => unreachable!("recognised as dense"),
+    });
+    let acts = [expand.as_ref().map_or(Act::None, |e| e.1), da, pa];
+    let block = MbConv::new(expand.map(|e| e.0), dw, p, skip, acts).expect("checked by MbConv::fits in is_mbconv");
+    Op::MbConv(Box::new(block))
+}
+
+/// Whether `run` is three dense convolution steps that [`bottleneck::fits`] (1x1, 3x3 stride 1,
+/// 1x1), each with a ReLU, the last adding the run's input, whose intermediate values have no
+/// other reader.
+fn is_bottleneck(run: &[Step], readers: &[usize]) -> bool {
+    fn relu(s: &Step) -> Option<(&Conv2d, Option<usize>)> {
+        match conv_of(s) {
+            Some((ConvKind::Dense(c), Act::Relu, res)) => Some((c, res)),
+            _ => None,
         }
     }
-    readers
+    let [a, b, c] = run else { return false };
+    let (Some((c1, None)), Some((c2, None)), Some((c3, Some(r)))) = (relu(a), relu(b), relu(c)) else { return false };
+    let linked = b.input == a.output && c.input == b.output && r == a.input;
+    let sole = readers[a.output] == 1 && readers[b.output] == 1;
+    linked && sole && bottleneck::fits(c1, c2, c3)
+}
+
+/// The [`Op::Bottleneck`] of a run [`is_bottleneck`] recognised.
+fn bottleneck_of(ops: Vec<Op>) -> Op {
+    let convs: Vec<Conv2d> = ops
+        .into_iter()
+        .map(|op| match op {
+            Op::Conv { conv: ConvKind::Dense(c), .. } => c,
+            _ => unreachable!("recognised as dense convolutions"),
+        })
+        .collect();
+    Op::Bottleneck(Box::new(convs.try_into().unwrap_or_else(|_| unreachable!("recognised as three steps"))))
 }
 
 impl ConvKind {
