@@ -120,7 +120,9 @@ fn step(op: &Op, input: usize, vals: &[Option<Val>], ws: &mut Workspace, threads
         }
         Op::Bottleneck(c) => {
             let x = map_input(v, "bottleneck")?;
-            check_size("bottleneck", x.h, x.w, c[0].oc.max(c[2].oc))?;
+            for conv in c.iter() {
+                check_size("bottleneck", x.h, x.w, conv.oc)?;
+            }
             map(bottleneck::forward(&c[0], &c[1], &c[2], x, ws, threads)?)
         }
         Op::Unary(u) => {
