@@ -476,7 +476,9 @@ fn main() {
         .filter_map(|(name, m, imgs)| {
             let path = match name.as_str() {
                 n if n.starts_with("ResNet-50") => export_dir.path().join("r50.onnx"),
-                n if n.starts_with("EfficientNet-Lite") => export_dir.path().join(format!("lite{}.onnx", &n[17..])),
+                n if n.starts_with("EfficientNet-Lite") => {
+                    export_dir.path().join(format!("lite{}.onnx", n.trim_start_matches("EfficientNet-Lite")))
+                }
                 n => exported.iter().find(|(e, _)| e == n)?.1.clone(),
             };
             let p = m.preprocess();
@@ -496,23 +498,15 @@ fn main() {
     for _ in 0..rounds {
         for ((_, m, imgs), best) in models.iter().zip(best.iter_mut()) {
             let k = imgs.len().min(8);
-            let (t, cpu) = (Instant::now(), cpu_seconds());
-            pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap());
-            best.0 = best.0.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
-            if let (Some(a), Some(b)) = (cpu, cpu_seconds()) {
-                best.2 = best.2.max(imgs.len() as f64 / (b - a).max(0.01));
-            }
-            let t = Instant::now();
-            pool.install(|| m.features_with(&imgs[..k], Parallelism::Gemm).unwrap());
-            best.1 = best.1.max(k as f64 / t.elapsed().as_secs_f64());
+            let (ips, per_cpu) = rates(imgs.len(), || pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap()));
+            best.0 = best.0.max(ips);
+            best.2 = best.2.max(per_cpu);
+            let (ips_gemm, _) = rates(k, || pool.install(|| m.features_with(&imgs[..k], Parallelism::Gemm).unwrap()));
+            best.1 = best.1.max(ips_gemm);
         }
         for ((_, m, imgs), best) in onnx_models.iter().zip(best_onnx.iter_mut()) {
-            let (t, cpu) = (Instant::now(), cpu_seconds());
-            pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap());
-            best.0 = best.0.max(imgs.len() as f64 / t.elapsed().as_secs_f64());
-            if let (Some(a), Some(b)) = (cpu, cpu_seconds()) {
-                best.1 = best.1.max(imgs.len() as f64 / (b - a).max(0.01));
-            }
+            let (ips, per_cpu) = rates(imgs.len(), || pool.install(|| m.features_with(imgs, Parallelism::Images).unwrap()));
+            *best = (best.0.max(ips), best.1.max(per_cpu));
         }
         if ort_error.is_none() {
             match onnxruntime_round(&python, &root, threads, n.min(8), &exported) {
@@ -566,18 +560,37 @@ fn main() {
     }
 }
 
+/// Images per second and per CPU-second (NaN where process CPU time is unknown, which `max`
+/// then ignores) of one call of `run` over `n` images.
+fn rates<R>(n: usize, run: impl FnOnce() -> R) -> (f64, f64) {
+    let (t, cpu) = (Instant::now(), cpu_seconds());
+    run();
+    let wall = n as f64 / t.elapsed().as_secs_f64();
+    let per_cpu = match (cpu, cpu_seconds()) {
+        (Some(a), Some(b)) => n as f64 / (b - a).max(0.01),
+        _ => f64::NAN,
+    };
+    (wall, per_cpu)
+}
+
+/// Runs the script `cmd` and returns its standard output, or the last line of its standard
+/// error when it fails.
+fn run_script(python: &str, cmd: &mut std::process::Command) -> Result<Vec<u8>, String> {
+    let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(err.lines().last().unwrap_or("failed").to_string());
+    }
+    Ok(out.stdout)
+}
+
 /// Builds the script's graphs into `dir` (`--save-dir DIR --build-only`), for ensembed's ONNX
 /// executor to run the very files onnxruntime runs.
 fn onnx_graphs(python: &str, root: &Path, dir: &Path) -> Result<(), String> {
     let mut cmd = std::process::Command::new(python);
     cmd.arg(root.join("scripts/cnn_onnx_bench.py")).arg("--save-dir").arg(dir).arg("--build-only");
     lite_checkpoints(&mut cmd);
-    let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
-    Ok(())
+    run_script(python, &mut cmd).map(|_| ())
 }
 
 /// `--efficientnet-lite PTH` for each checkpoint under ENSEMBED_EFFICIENTNET_LITE_DIR.
@@ -613,13 +626,9 @@ fn onnxruntime_round(
     for (name, path) in onnx {
         cmd.arg("--onnx").arg(format!("{name}={}", path.display()));
     }
-    let out = cmd.output().map_err(|e| format!("{python}: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(err.lines().last().unwrap_or("failed").to_string());
-    }
+    let stdout = run_script(python, &mut cmd)?;
     let mut rows = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in String::from_utf8_lossy(&stdout).lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
